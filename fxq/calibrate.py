@@ -1,0 +1,78 @@
+"""Calibrate: run sample batches through the observed graph and collect amax per site."""
+from __future__ import annotations
+
+from typing import Iterable, Mapping
+
+import torch
+from tqdm.auto import tqdm
+
+from .capture import Inputs
+from .errors import CalibrationError
+from .observers import AmaxObserver
+
+
+def _structure(inputs: Inputs) -> tuple:
+    return len(inputs.args), tuple(sorted(inputs.kwargs))
+
+
+def _device_of(module: torch.nn.Module) -> torch.device:
+    for t in list(module.parameters()) + list(module.buffers()):
+        return t.device
+    return torch.device("cpu")
+
+
+def run_calibration(
+    gm: torch.nn.Module,
+    observers: Mapping[str, AmaxObserver],
+    data: Iterable,
+    example: Inputs,
+    progress: bool = True,
+) -> int:
+    """Feed every batch of `data` to `gm`. Returns the number of batches seen."""
+    if isinstance(data, (torch.Tensor, dict)) or hasattr(data, "keys"):
+        data = [data]  # one batch given directly
+    try:
+        iterator = iter(data)
+    except TypeError:
+        raise CalibrationError(
+            f"calibration data must be an iterable of batches (tensors, tuples or dicts), got {type(data).__name__}"
+        ) from None
+    device = _device_of(gm)
+    expected = _structure(example)
+    seen = 0
+    total = len(data) if hasattr(data, "__len__") else None
+    with torch.no_grad():
+        for batch in tqdm(iterator, total=total, desc="fxq calibrate", unit="batch", disable=not progress):
+            seen += 1
+            try:
+                inputs = Inputs.of(batch)
+            except TypeError as e:
+                raise CalibrationError(f"calibration batch {seen}: {e}") from None
+            if _structure(inputs) != expected:
+                raise CalibrationError(
+                    f"calibration batch {seen} has {_describe(inputs)} but the example inputs have "
+                    f"{_describe(example)}; fix: give calibration batches the same structure as example_inputs"
+                )
+            inputs = inputs.map(lambda t: t.to(device))
+            try:
+                inputs.call(gm)
+            except CalibrationError:
+                raise
+            except Exception as e:
+                msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise CalibrationError(
+                    f"calibration batch {seen} failed in the captured model: {msg}; fix: give batches the "
+                    "example inputs' shapes (other batch sizes need dynamic_batch=True)"
+                ) from e
+    if seen == 0:
+        raise CalibrationError("calibration data is empty; fix: pass at least one batch (a few hundred samples is typical)")
+    return seen
+
+
+def _describe(inputs: Inputs) -> str:
+    parts = []
+    if inputs.args:
+        parts.append(f"{len(inputs.args)} positional input(s)")
+    if inputs.kwargs:
+        parts.append(f"keyword inputs {sorted(inputs.kwargs)}")
+    return " and ".join(parts) or "no inputs"

@@ -1,0 +1,162 @@
+"""Quantization config: frozen dataclasses, validated on construction, round-trippable as dicts.
+
+Resolution order for a site in module M with role R (same as torchao's FqnToConfig):
+an override whose `module` equals M exactly, then the first regex override that fullmatches M,
+then the global `roles`. An override maps role names to a TensorSpec, or None to leave R in
+float there.
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from typing import Mapping
+
+from . import roles as R
+
+CALIBRATORS = ("max", "percentile")
+CONFIG_VERSION = 1
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """How one tensor is quantized: FP8 E4M3, per-tensor, scale = amax / 448."""
+
+    calibrator: str = "max"  # weights always use "max": percentile clipping of weights only hurts
+    percentile: float = 99.99
+
+    def __post_init__(self):
+        if self.calibrator not in CALIBRATORS:
+            raise ValueError(f"TensorSpec.calibrator must be one of {CALIBRATORS}, got {self.calibrator!r}")
+        if not 50.0 < self.percentile <= 100.0:
+            raise ValueError(f"TensorSpec.percentile must be in (50, 100], got {self.percentile}")
+
+
+FP8 = TensorSpec()
+
+
+@dataclass(frozen=True)
+class RoleSpecs:
+    """One field per role; None means that role stays in float."""
+
+    linear_input: TensorSpec | None = FP8
+    linear_weight: TensorSpec | None = FP8
+    attn_q: TensorSpec | None = FP8
+    attn_k: TensorSpec | None = FP8
+    attn_v: TensorSpec | None = FP8
+    attn_probs: TensorSpec | None = FP8
+    layer_norm_output: TensorSpec | None = FP8
+
+    def get(self, role: str) -> TensorSpec | None:
+        return getattr(self, R.field_name(R.check_role(role)))
+
+    def __post_init__(self):
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if v is not None and not isinstance(v, TensorSpec):
+                raise TypeError(f"RoleSpecs.{f.name} must be a TensorSpec or None, got {type(v).__name__}")
+
+
+@dataclass(frozen=True)
+class Override:
+    """Role specs for the modules whose path is `module` (or fullmatches it, with regex=True)."""
+
+    module: str
+    roles: Mapping[str, TensorSpec | None]
+    regex: bool = False
+
+    def __post_init__(self):
+        if not self.module:
+            raise ValueError("Override.module must be a module path such as 'encoder.layer.0.attention'")
+        for role, spec in self.roles.items():
+            R.check_role(role)
+            if spec is not None and not isinstance(spec, TensorSpec):
+                raise TypeError(f"Override({self.module!r}).roles[{role!r}] must be a TensorSpec or None")
+        if self.regex:
+            try:
+                re.compile(self.module)
+            except re.error as e:
+                raise ValueError(f"Override.module {self.module!r} is not a valid regex: {e}") from None
+        object.__setattr__(self, "roles", dict(self.roles))
+
+    def matches(self, module: str) -> bool:
+        return re.fullmatch(self.module, module) is not None if self.regex else module == self.module
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    roles: RoleSpecs = field(default_factory=RoleSpecs)
+    overrides: tuple[Override, ...] = ()
+    # TensorRT rules: FP8 GEMMs with K or N below this gain nothing; FP8 attention needs the
+    # head size in [head_size_min, head_size_max] and a multiple of head_size_multiple.
+    min_gemm_dim: int = 16
+    head_size_min: int = 16
+    head_size_max: int = 256
+    head_size_multiple: int = 8
+
+    def __post_init__(self):
+        object.__setattr__(self, "overrides", tuple(self.overrides))
+        for o in self.overrides:
+            if not isinstance(o, Override):
+                raise TypeError(f"QuantConfig.overrides must hold Override objects, got {type(o).__name__}")
+        for name in ("min_gemm_dim", "head_size_min", "head_size_max", "head_size_multiple"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"QuantConfig.{name} must be a positive int, got {getattr(self, name)!r}")
+        if self.head_size_min > self.head_size_max:
+            raise ValueError("QuantConfig.head_size_min must not exceed head_size_max")
+
+    def spec_for(self, module: str, role: str) -> TensorSpec | None:
+        exact = [o for o in self.overrides if not o.regex and o.matches(module) and role in o.roles]
+        regex = [o for o in self.overrides if o.regex and o.matches(module) and role in o.roles]
+        for o in exact + regex:
+            return o.roles[role]
+        return self.roles.get(role)
+
+    # -- dict round trip ---------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        spec = lambda s: None if s is None else dataclasses.asdict(s)  # noqa: E731
+        return {
+            "version": CONFIG_VERSION,
+            "roles": {role: spec(self.roles.get(role)) for role in R.ALL_ROLES},
+            "overrides": [
+                {"module": o.module, "regex": o.regex, "roles": {r: spec(s) for r, s in o.roles.items()}}
+                for o in self.overrides
+            ],
+            **{k: getattr(self, k) for k in ("min_gemm_dim", "head_size_min", "head_size_max", "head_size_multiple")},
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> "QuantConfig":
+        d = dict(d)
+        version = d.pop("version", CONFIG_VERSION)
+        if version != CONFIG_VERSION:
+            raise ValueError(f"config version {version} is not supported (this fxq reads version {CONFIG_VERSION})")
+        spec = lambda s: None if s is None else TensorSpec(**s)  # noqa: E731
+        roles = d.pop("roles", {})
+        for r in roles:
+            R.check_role(r)
+        overrides = tuple(
+            Override(module=o["module"], regex=o.get("regex", False), roles={r: spec(s) for r, s in o["roles"].items()})
+            for o in d.pop("overrides", [])
+        )
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown config keys {sorted(unknown)}; known keys: {sorted(known | {'version'})}")
+        base = {R.field_name(r): spec(s) for r, s in roles.items()}
+        return cls(roles=RoleSpecs(**base), overrides=overrides, **d)
+
+
+def preset(name: str) -> QuantConfig:
+    """Named presets. 'tensorrt-fp8' is the default."""
+    if name == "tensorrt-fp8":
+        return QuantConfig()
+    if name == "tensorrt-fp8-percentile":
+        p = TensorSpec(calibrator="percentile")
+        return QuantConfig(roles=RoleSpecs(linear_input=p, attn_q=p, attn_k=p, attn_v=p, layer_norm_output=p))
+    if name == "gemm-only":
+        return QuantConfig(roles=RoleSpecs(attn_q=None, attn_k=None, attn_v=None, attn_probs=None))
+    raise ValueError(f"unknown preset {name!r}; presets: tensorrt-fp8, tensorrt-fp8-percentile, gemm-only")
+
+
+PRESETS = ("tensorrt-fp8", "tensorrt-fp8-percentile", "gemm-only")

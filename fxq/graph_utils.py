@@ -1,0 +1,52 @@
+"""Small helpers over torch.fx graphs shared by the placement passes."""
+from __future__ import annotations
+
+import torch
+from torch.fx import Node
+
+aten = torch.ops.aten
+
+
+def module_path(node: Node) -> str:
+    """Deepest module on the node's nn_module_stack ('' for the root or nodes without one)."""
+    stack = node.meta.get("nn_module_stack") or {}
+    if not stack:
+        return ""
+    path = list(stack.values())[-1][0]
+    return path if isinstance(path, str) else ""
+
+
+def shape_of(node) -> tuple | None:
+    val = node.meta.get("val") if isinstance(node, Node) else None
+    return tuple(val.shape) if isinstance(val, torch.Tensor) else None
+
+
+def static_dim(node, dim: int) -> int | None:
+    shape = shape_of(node)
+    if shape is None or not shape:
+        return None
+    d = shape[dim]
+    return d if isinstance(d, int) else None
+
+
+def constant_scalar(arg) -> float | None:
+    """A Python number, or a graph node that is a constant 0-d tensor (torch.full([], c) and kin)."""
+    if isinstance(arg, (int, float)) and not isinstance(arg, bool):
+        return float(arg)
+    if not isinstance(arg, Node) or arg.op != "call_function":
+        return None
+    if arg.target in (aten.full.default, aten.new_full.default):
+        size, value = (arg.args[0], arg.args[1]) if arg.target is aten.full.default else (arg.args[1], arg.args[2])
+        if all(s == 1 for s in size) and isinstance(value, (int, float)):
+            return float(value)
+    if arg.target is aten.scalar_tensor.default and isinstance(arg.args[0], (int, float)):
+        return float(arg.args[0])
+    if arg.target in (aten._to_copy.default, aten.to.dtype, aten.to.dtype_layout, aten.to.device):
+        return constant_scalar(arg.args[0])
+    return None
+
+
+def copy_module_stack(new: Node, like: Node) -> None:
+    for key in ("nn_module_stack", "stack_trace", "source_fn_stack"):
+        if key in like.meta:
+            new.meta[key] = like.meta[key]

@@ -1,0 +1,158 @@
+"""Place: decide which tensors get an FP8 quantizer, by role, from graph structure alone.
+
+Finding is kept apart from changing: `place()` only reads the graph (after the one canonical
+rewrite, attention scale onto Q) and returns a Placement; fxq/insert.py turns it into nodes.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+from torch.fx import GraphModule, Node
+
+from . import roles as R
+from .attention import find_attention_blocks, move_scale_to_q
+from .config import QuantConfig, TensorSpec
+from .graph_utils import aten, module_path, static_dim
+
+LAYER_NORMS = {aten.layer_norm.default, aten.native_layer_norm.default}
+
+
+@dataclass(frozen=True)
+class Site:
+    """One quantizer: the tensor produced by `node`, read quantized by `consumers`."""
+
+    key: str  # "<module>:<role>", "#n" appended where a module has several of one role
+    role: str
+    module: str
+    node: str
+    consumers: tuple[str, ...]
+    spec: TensorSpec
+    is_weight: bool
+
+    @property
+    def fixed_amax(self) -> float | None:
+        return R.FIXED_AMAX.get(self.role)
+
+
+@dataclass(frozen=True)
+class Skip:
+    """Something fxq left in float, and why (a stable reason code plus detail)."""
+
+    module: str
+    what: str  # a role name, "gemm" or "attention"
+    reason: str
+    detail: str = ""
+
+
+SKIP_REASONS = {
+    "small_gemm": "GEMM with K or N below config.min_gemm_dim: FP8 gains nothing on it in TensorRT",
+    "head_size_out_of_window": "attention head size outside TensorRT's FP8 MHA window (16..256, multiple of 8)",
+    "disabled_by_config": "the config sets this role to None for this module",
+    "probs_without_qkv": "softmax output left in float because Q, K or V is not quantized "
+    "(a lone softmax Q/DQ blocks TensorRT's attention fusion)",
+}
+
+
+@dataclass
+class Placement:
+    sites: list[Site] = field(default_factory=list)
+    skips: list[Skip] = field(default_factory=list)
+    gemms: int = 0
+    attention_blocks: int = 0
+    scales_moved_to_q: int = 0
+
+    def count(self, role: str) -> int:
+        return sum(1 for s in self.sites if s.role == role)
+
+    def role_counts(self) -> dict[str, int]:
+        return dict(Counter(s.role for s in self.sites))
+
+    def keys(self) -> list[str]:
+        return [s.key for s in self.sites]
+
+
+@dataclass
+class _Request:
+    producer: Node
+    consumer: Node
+    role: str
+    module: str
+
+
+def _gemm_operands(node: Node):
+    """(input, weight, K, N) for linear-like GEMMs with a parameter weight, else None."""
+    if node.target is aten.linear.default:
+        x, w = node.args[0], node.args[1]
+        n, k = static_dim(w, 0), static_dim(w, 1)
+    elif node.target is aten.addmm.default and isinstance(node.args[2], Node) and node.args[2].op == "get_attr":
+        x, w = node.args[1], node.args[2]  # HF Conv1D: addmm(bias, x, W[in, out])
+        k, n = static_dim(w, 0), static_dim(w, 1)
+    elif node.target in (aten.matmul.default, aten.mm.default) and isinstance(node.args[1], Node) \
+            and node.args[1].op == "get_attr" and len(node.args[1].meta["val"].shape) == 2:
+        x, w = node.args[0], node.args[1]  # x @ W[in, out]
+        k, n = static_dim(w, 0), static_dim(w, 1)
+    else:
+        return None
+    return x, w, k, n
+
+
+def _head_size_ok(hs: int | None, cfg: QuantConfig) -> bool:
+    return hs is not None and cfg.head_size_min <= hs <= cfg.head_size_max and hs % cfg.head_size_multiple == 0
+
+
+def _requests(gm: GraphModule, cfg: QuantConfig, out: Placement) -> list[_Request]:
+    reqs: list[_Request] = []
+    for node in gm.graph.nodes:
+        if node.op != "call_function" or (ops := _gemm_operands(node)) is None:
+            continue
+        x, w, k, n = ops
+        out.gemms += 1
+        mod = module_path(node)
+        if k is None or n is None or k < cfg.min_gemm_dim or n < cfg.min_gemm_dim:
+            out.skips.append(Skip(mod, "gemm", "small_gemm", f"K={k} N={n} < {cfg.min_gemm_dim}"))
+            continue
+        reqs += [_Request(x, node, R.LINEAR_INPUT, mod), _Request(w, node, R.LINEAR_WEIGHT, mod)]
+
+    blocks = find_attention_blocks(gm)
+    out.attention_blocks = len(blocks)
+    out.scales_moved_to_q = move_scale_to_q(gm, blocks)
+    for b in blocks:
+        if not _head_size_ok(b.head_size, cfg):
+            out.skips.append(Skip(b.module, "attention", "head_size_out_of_window", f"head size {b.head_size}"))
+            continue
+        qkv = [(b.bmm1.args[0], b.bmm1, R.ATTN_Q), (b.bmm1.args[1], b.bmm1, R.ATTN_K), (b.bmm2.args[1], b.bmm2, R.ATTN_V)]
+        reqs += [_Request(p, c, role, b.module) for p, c, role in qkv]
+        if all(cfg.spec_for(b.module, role) is not None for role in (R.ATTN_Q, R.ATTN_K, R.ATTN_V)):
+            reqs.append(_Request(b.bmm2.args[0], b.bmm2, R.ATTN_PROBS, b.module))
+        else:
+            out.skips.append(Skip(b.module, R.ATTN_PROBS, "probs_without_qkv"))
+    return reqs
+
+
+def place(gm: GraphModule, config: QuantConfig | None = None) -> Placement:
+    """Find every FP8 site in `gm`. Moves attention scales onto Q (the only graph change)."""
+    cfg = config or QuantConfig()
+    out = Placement()
+    groups: dict[Node, list[_Request]] = {}
+    for req in _requests(gm, cfg, out):
+        if req.producer.op == "call_function" and req.producer.target in LAYER_NORMS:
+            # A LayerNorm output feeding GEMMs gets one shared quantizer named for the LayerNorm.
+            req = _Request(req.producer, req.consumer, R.LAYER_NORM_OUTPUT, module_path(req.producer))
+        if cfg.spec_for(req.module, req.role) is None:
+            out.skips.append(Skip(req.module, req.role, "disabled_by_config"))
+            continue
+        groups.setdefault(req.producer, []).append(req)
+
+    order = {n: i for i, n in enumerate(gm.graph.nodes)}
+    seen: Counter = Counter()
+    for producer in sorted(groups, key=order.__getitem__):  # graph order keeps keys stable
+        reqs = groups[producer]
+        first = reqs[0]
+        base = f"{first.module}:{first.role}"
+        seen[base] += 1
+        key = base if seen[base] == 1 else f"{base}#{seen[base] - 1}"
+        consumers = tuple(dict.fromkeys(r.consumer.name for r in reqs))
+        out.sites.append(Site(key, first.role, first.module, producer.name, consumers,
+                              cfg.spec_for(first.module, first.role), producer.op == "get_attr"))
+    return out

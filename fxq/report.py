@@ -1,0 +1,56 @@
+"""What was quantized, where, with which scale, and what was left in float and why."""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+from . import ops
+from .placement import SKIP_REASONS, Placement
+
+
+@dataclass
+class Report:
+    placement: Placement
+    amax: dict[str, float]
+
+    def rows(self) -> list[dict]:
+        rows = []
+        for s in self.placement.sites:
+            a = s.fixed_amax if s.fixed_amax is not None else self.amax.get(s.key)
+            rows.append({"module": s.module, "role": s.role, "status": "fp8", "amax": a,
+                         "scale": None if a is None else ops.scale_from_amax(a),
+                         "calibrator": "fixed" if s.fixed_amax is not None else ("max" if s.is_weight else s.spec.calibrator),
+                         "readers": len(s.consumers), "reason": ""})
+        for k in self.placement.skips:
+            rows.append({"module": k.module, "role": k.what, "status": "skipped", "amax": None, "scale": None,
+                         "calibrator": "", "readers": 0, "reason": k.reason + (f" ({k.detail})" if k.detail else "")})
+        return rows
+
+    def summary(self) -> str:
+        p = self.placement
+        roles = ", ".join(f"{r} {n}" for r, n in sorted(p.role_counts().items()))
+        quantized_gemms = p.gemms - sum(1 for k in p.skips if k.what == "gemm")
+        blocks_ok = p.attention_blocks - sum(1 for k in p.skips if k.what == "attention")
+        return (f"{len(p.sites)} FP8 quantizers ({roles}); GEMMs quantized {quantized_gemms}/{p.gemms}; "
+                f"attention blocks quantized {blocks_ok}/{p.attention_blocks}; skipped {len(p.skips)}")
+
+    def to_dict(self) -> dict:
+        reasons = {k.reason for k in self.placement.skips}
+        return {"summary": self.summary(), "rows": self.rows(),
+                "reasons": {r: SKIP_REASONS[r] for r in sorted(reasons)}}
+
+    def table(self) -> str:
+        head = ("module", "role", "status", "amax", "scale", "calib", "reason")
+        body = [(r["module"] or "<root>", r["role"], r["status"],
+                 "" if r["amax"] is None else f"{r['amax']:.4g}",
+                 "" if r["scale"] is None else f"{r['scale']:.3e}", r["calibrator"], r["reason"])
+                for r in self.rows()]
+        widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(head)]
+        line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
+        out = [line(head), line(tuple("-" * w for w in widths)), *(line(b) for b in body), "", self.summary()]
+        used = Counter(k.reason for k in self.placement.skips)
+        out += [f"  {r}: {SKIP_REASONS[r]}" for r in sorted(used)]
+        return "\n".join(out)
+
+    def __str__(self) -> str:
+        return self.table()
