@@ -1,0 +1,1 @@
+"""ONNX-side passes and checks for fxq FP8 graphs."""

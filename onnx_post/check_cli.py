@@ -1,0 +1,63 @@
+"""`fxq check MODEL.onnx [--json] [--strict]`: TensorRT FP8 readiness report for any ONNX file."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import textwrap
+
+from google.protobuf.message import DecodeError
+
+from onnx_post.checker import REASONS, NotOnnxModelError, check_model
+
+EPILOG = """\
+example:
+  fxq check out/vit_fp8.onnx            # per-layer table, then the summary line
+  fxq check out/vit_fp8.onnx --strict   # exit 1 if any GEMM or attention block is not ready
+  fxq check model.onnx --json > readiness.json
+
+exit codes: 0 checked (and, with --strict, all ready), 1 --strict and something is not ready
+(GEMMs with K or N < 16 are skipped by design and do not count), 2 bad arguments or unreadable file.
+
+reason codes:
+""" + "\n".join(textwrap.fill(text, 100, initial_indent=f"  {code:27}", subsequent_indent=" " * 29)
+              for code, text in REASONS.items())
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="fxq check", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Say, for every GEMM and attention block of an ONNX model, whether "
+                    "TensorRT's FP8 (E4M3) fusion rules are met, and why not where they are not.")
+    p.add_argument("model", help="path to the .onnx file (external data is read on demand)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--strict", action="store_true",
+                   help="exit 1 when anything is not ready (for CI)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as e:  # --help or a usage error: argparse already printed
+        return int(e.code or 0)
+    try:
+        rep = check_model(args.model)
+    except IsADirectoryError:
+        return _error(f"{args.model} is a directory", "pass the .onnx file inside it")
+    except FileNotFoundError:
+        return _error(f"no such file: {args.model}", "check the path")
+    except (DecodeError, NotOnnxModelError):
+        return _error(f"{args.model} is not an ONNX model",
+                      "pass a .onnx file written by torch.onnx.export, fxq or ModelOpt")
+    print(json.dumps(rep.to_dict(), indent=2) if args.json else rep.format_table())
+    return 1 if args.strict and not rep.ready else 0
+
+
+def _error(what: str, fix: str) -> int:
+    print(f"fxq check: error: {what} ({fix})", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
