@@ -1,0 +1,125 @@
+"""Export a QuantizedModel to ONNX with native QuantizeLinear/DequantizeLinear (FLOAT8E4M3FN)."""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import torch
+
+from .capture import as_dtype, capture
+from .insert import QDQ, insert_qdq
+from .placement import place
+
+MIN_OPSET = 19  # first opset with FLOAT8E4M3FN Q/DQ and fp16 scales
+DEFAULT_OPSET = 21  # onnxruntime computes fp16 Q/DQ in fp32 up to 21, as fxq's torch op does
+IR_VERSION = 10
+_NP = {ir.DataType.FLOAT: np.float32, ir.DataType.FLOAT16: np.float16}
+_TWO_GB = 2**31
+
+
+def _qdq_translation(opset):
+    def fp8_qdq(x, scale: float):
+        if x.dtype == ir.DataType.BFLOAT16:
+            s = opset.Constant(value=ir.tensor(torch.tensor(scale, dtype=torch.bfloat16)))
+        else:
+            s = opset.Constant(value=ir.tensor(np.array(scale, dtype=_NP[x.dtype])))
+        zero = opset.Constant(value=ir.tensor(np.zeros((), dtype=np.uint8), dtype=ir.DataType.FLOAT8E4M3FN))
+        return opset.DequantizeLinear(opset.QuantizeLinear(x, s, zero), s, zero)
+
+    return fp8_qdq
+
+
+def _onnxscript_opset(version: int):
+    import onnxscript
+
+    return getattr(onnxscript, f"opset{version}")
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    dtype: torch.dtype
+    opset: int
+    bytes: int
+    seconds: dict = field(default_factory=dict)  # stage -> wall seconds
+    post_counts: dict = field(default_factory=dict)  # onnx_post pass -> times it fired
+
+
+def _graph_module_in(qm, dtype: torch.dtype):
+    """The quantized graph in `dtype`: recaptured from the float model so dtype literals match."""
+    if dtype == torch.float32:
+        return qm.graph_module, qm.example
+    model = as_dtype(qm.source_model, dtype)
+    example = qm.example.map(lambda t: t.to(dtype) if t.is_floating_point() else t)
+    gm = capture(model, example, qm.dynamic_batch)
+    placement = place(gm, qm.config)
+    if placement.keys() != qm.placement.keys():
+        raise RuntimeError(f"placement differs between float32 and {dtype} captures; please report this model")
+    insert_qdq(gm, placement, qm.amax)
+    return gm, example
+
+
+def _save(model: onnx.ModelProto, path: Path) -> None:
+    """Write next to the target, then rename: the target is never a half-written file."""
+    external = model.ByteSize() > _TWO_GB if hasattr(model, "ByteSize") else False
+    tmpdir = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    try:
+        tmp = tmpdir / path.name
+        if external:
+            onnx.save(model, tmp, save_as_external_data=True, all_tensors_to_one_file=True, location=path.name + ".data")
+            onnx.checker.check_model(str(tmp), full_check=True)
+            os.replace(tmpdir / (path.name + ".data"), path.parent / (path.name + ".data"))
+        else:
+            onnx.save(model, tmp)
+            onnx.checker.check_model(str(tmp), full_check=True)
+        os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+def export_onnx(qm, path, dtype: torch.dtype = torch.float16, opset: int = DEFAULT_OPSET,
+                post_process: bool = True) -> ExportResult:
+    """Write `qm` as an ONNX file TensorRT can build a strongly typed FP8 engine from."""
+    if dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        raise ValueError(f"dtype must be torch.float16, torch.bfloat16 or torch.float32, got {dtype}")
+    if opset < MIN_OPSET:
+        raise ValueError(f"opset {opset} has no FLOAT8E4M3FN QuantizeLinear; use opset >= {MIN_OPSET}")
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a directory; give a file path such as {path / 'model.onnx'}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    seconds = {}
+    t = time.perf_counter()
+    gm, example = _graph_module_in(qm, dtype)
+    from .quantize import export_graph_module
+
+    ep = export_graph_module(gm, example, qm.dynamic_batch)
+    seconds["capture"] = time.perf_counter() - t
+    t = time.perf_counter()
+    program = torch.onnx.export(
+        ep, dynamo=True, opset_version=opset, verbose=False,
+        custom_translation_table={QDQ: _qdq_translation(_onnxscript_opset(opset))},
+    )
+    model = ir.to_proto(program.model)
+    seconds["onnx_export"] = time.perf_counter() - t
+    counts = {}
+    if post_process:
+        from onnx_post.pipeline import run_pipeline
+
+        t = time.perf_counter()
+        model, counts = run_pipeline(model)
+        seconds["post_process"] = time.perf_counter() - t
+    model.ir_version = IR_VERSION
+    t = time.perf_counter()
+    _save(model, path)
+    seconds["save"] = time.perf_counter() - t
+    size = path.stat().st_size + (path.with_name(path.name + ".data").stat().st_size
+                                  if path.with_name(path.name + ".data").exists() else 0)
+    return ExportResult(path, dtype, opset, size, seconds, counts)

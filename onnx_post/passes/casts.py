@@ -1,0 +1,47 @@
+"""Casts: none between a Q/DQ and its neighbours, no FP32 islands in an FP16/BF16 graph."""
+from __future__ import annotations
+
+import onnx
+import onnx_graphsurgeon as gs
+
+from ..gs_utils import only_consumer, replace_uses
+
+_FLOAT_ROUND_TRIP_OPS = {"Softmax"}  # ops that run natively in the graph dtype in TensorRT
+
+
+def _cast_to(node: gs.Node):
+    return onnx.helper.tensor_dtype_to_np_dtype(node.attrs["to"])
+
+
+def remove_noop_casts(graph: gs.Graph) -> int:
+    """Cast to the dtype its input already has."""
+    fired = 0
+    for cast in [n for n in graph.nodes if n.op == "Cast"]:
+        src = cast.inputs[0]
+        if src.dtype is not None and src.dtype == _cast_to(cast):
+            replace_uses(cast.outputs[0], src, graph)
+            cast.outputs.clear()
+            fired += 1
+    return fired
+
+
+def fold_cast_round_trips(graph: gs.Graph) -> int:
+    """Cast(f16->f32) -> Softmax -> Cast(f32->f16)  ==>  Softmax in f16 (what HF's upcast becomes)."""
+    fired = 0
+    for up in [n for n in graph.nodes if n.op == "Cast"]:
+        op = only_consumer(up.outputs[0])
+        if op is None or op.op not in _FLOAT_ROUND_TRIP_OPS:
+            continue
+        down = only_consumer(op.outputs[0])
+        src = up.inputs[0]
+        if down is None or down.op != "Cast" or src.dtype is None or _cast_to(down) != src.dtype:
+            continue
+        op.inputs[0] = src
+        op.outputs[0].dtype = src.dtype
+        replace_uses(down.outputs[0], op.outputs[0], graph)
+        up.outputs.clear()
+        down.outputs.clear()
+        fired += 1
+    return fired
+
+

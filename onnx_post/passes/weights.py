@@ -1,0 +1,78 @@
+"""Weights: FP8 initializers feeding DequantizeLinear, pre-transposed so DQ feeds the GEMM."""
+from __future__ import annotations
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from ..gs_utils import (const_value, is_zero_point_zero, new_name, only_consumer, quantize_fp8, replace_uses,
+                        set_input)
+
+
+def fold_weight_quantize(graph: gs.Graph) -> int:
+    """Constant W -> QuantizeLinear -> DequantizeLinear  ==>  FP8 initializer -> DequantizeLinear.
+
+    Halves the file and leaves TensorRT a constant FP8 weight, as its GEMM fusion requires.
+    """
+    fired = 0
+    for q in [n for n in graph.nodes if n.op == "QuantizeLinear"]:
+        w = const_value(q.inputs[0])
+        scale = const_value(q.inputs[1])
+        if w is None or scale is None or w.dtype.kind != "f" or not is_zero_point_zero(q):
+            continue
+        if q.attrs.get("saturate", 1) != 1 or len(q.inputs) < 3 or "float8" not in str(const_value(q.inputs[2]).dtype):
+            continue
+        axis = q.attrs.get("axis", 1)
+        s = scale if scale.size == 1 else np.expand_dims(scale, tuple(i for i in range(w.ndim) if i != axis % w.ndim))
+        fp8 = gs.Constant(new_name(graph, q.inputs[0].name + "_fp8"), quantize_fp8(w, s))
+        out = q.outputs[0]
+        for dq in list(out.outputs):
+            dq.inputs[0] = fp8
+        q.outputs.clear()
+        fired += 1
+    return fired
+
+
+def pretranspose_weights(graph: gs.Graph) -> int:
+    """FP8 W -> DQ -> Transpose -> MatMul  ==>  FP8 W^T -> DQ -> MatMul (and Gemm transB=1 -> 0)."""
+    fired = 0
+    for dq in [n for n in graph.nodes if n.op == "DequantizeLinear"]:
+        w = dq.inputs[0]
+        if not isinstance(w, gs.Constant) or w.values.ndim != 2 or const_value(dq.inputs[1]).size != 1:
+            continue
+        out = dq.outputs[0]
+        user = only_consumer(out)
+        if user is None:
+            continue
+        if user.op == "Transpose" and list(user.attrs.get("perm", [1, 0])) == [1, 0]:
+            target = user.outputs[0]
+        elif user.op == "Gemm" and user.attrs.get("transB", 0) == 1 and user.inputs[1] is out:
+            target = None
+        else:
+            continue
+        wt = gs.Constant(new_name(graph, w.name + "_t"), np.ascontiguousarray(w.values.T))
+        dq.inputs[0] = wt
+        out.shape = list(wt.values.shape)
+        if target is None:
+            user.attrs["transB"] = 0
+        else:
+            # The DQ now yields W^T directly: its readers take over the Transpose's readers.
+            replace_uses(target, out, graph)
+            user.outputs.clear()
+        fired += 1
+    return fired
+
+
+def unshare_weight_dq(graph: gs.Graph) -> int:
+    """Give each GEMM its own weight DequantizeLinear, so pre-transposing one cannot affect another."""
+    fired = 0
+    for dq in [n for n in graph.nodes if n.op == "DequantizeLinear" and isinstance(n.inputs[0], gs.Constant)]:
+        readers = list(dq.outputs[0].outputs)
+        for reader in readers[1:]:
+            out = gs.Variable(new_name(graph, dq.outputs[0].name), dtype=dq.outputs[0].dtype, shape=dq.outputs[0].shape)
+            graph.nodes.append(gs.Node("DequantizeLinear", new_name(graph, dq.name), dict(dq.attrs),
+                                       list(dq.inputs), [out]))
+            set_input(reader, dq.outputs[0], out)
+            fired += 1
+    return fired
+
+
