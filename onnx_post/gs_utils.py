@@ -56,8 +56,8 @@ def is_zero_point_zero(node: gs.Node) -> bool:
 
 def quantize_fp8(values: np.ndarray, scale: float | np.ndarray) -> np.ndarray:
     """What QuantizeLinear (saturate=1) computes for FP8 E4M3, as an ml_dtypes array."""
-    x = torch.from_numpy(np.asarray(values, dtype=np.float32))
-    s = torch.from_numpy(np.asarray(scale, dtype=np.float32))
+    x = torch.from_numpy(np.array(values, dtype=np.float32))
+    s = torch.from_numpy(np.array(scale, dtype=np.float32))
     q = torch.clamp(x / s, -FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
     return q.view(torch.uint8).numpy().view(ml_dtypes.float8_e4m3fn)
 

@@ -1,0 +1,67 @@
+"""Numerics checks: compare tensors, and run an exported ONNX file in onnxruntime."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .capture import Inputs
+
+
+def _flat(x) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        x = x.detach().float().cpu().numpy()
+    return np.asarray(x, dtype=np.float64).ravel()
+
+
+def compare(reference, actual) -> dict:
+    """cosine similarity, max |diff| and SQNR (dB) of `actual` against `reference`."""
+    r, a = _flat(reference), _flat(actual)
+    if r.shape != a.shape:
+        raise ValueError(f"shapes differ: reference {r.shape} vs actual {a.shape}")
+    noise = np.sum((r - a) ** 2)
+    denom = np.linalg.norm(r) * np.linalg.norm(a)
+    return {
+        "cosine": float(np.dot(r, a) / denom) if denom > 0 else float(np.array_equal(r, a)),
+        "max_abs": float(np.max(np.abs(r - a))) if r.size else 0.0,
+        "sqnr_db": float(10 * np.log10(np.sum(r**2) / noise)) if noise > 0 else float("inf"),
+    }
+
+
+def first_output(out):
+    """The main tensor of a model output (HF ModelOutput, tuple or tensor)."""
+    if isinstance(out, torch.Tensor):
+        return out
+    if hasattr(out, "to_tuple"):
+        out = out.to_tuple()
+    if isinstance(out, dict):
+        out = list(out.values())
+    return first_output(out[0])
+
+
+def onnx_session(path, optimize: bool = True):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    if not optimize:
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def run_onnx(path, example, dtype: torch.dtype = torch.float16, optimize: bool = True) -> list[np.ndarray]:
+    """Run the ONNX file on inputs given like fxq.quantize's example_inputs (float inputs cast to dtype)."""
+    sess = onnx_session(path, optimize)
+    inputs = Inputs.of(example)
+    tensors = list(inputs.args) + [inputs.kwargs[k] for k in inputs.kwargs]
+    names = [i.name for i in sess.get_inputs()]
+    if len(names) != len(tensors):
+        raise ValueError(f"the ONNX file takes inputs {names}, got {len(tensors)} tensors")
+    if inputs.kwargs and set(names) == set(inputs.kwargs):
+        tensors = [inputs.kwargs[n] for n in names]
+    feed = {}
+    for name, t in zip(names, tensors):
+        t = t.detach().cpu()
+        if t.is_floating_point():
+            t = t.float() if dtype == torch.bfloat16 else t.to(dtype)  # numpy has no bfloat16
+        feed[name] = t.numpy()
+    return sess.run(None, feed)
