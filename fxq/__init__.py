@@ -1,10 +1,12 @@
 """fxq: FP8 (E4M3) quantization through torch.export, for TensorRT."""
 from . import ops  # noqa: F401  (registers torch.ops.fxq.fp8_qdq)
+from . import verify  # noqa: F401
 from . import roles
+from .capture import capture
 from .config import Override, QuantConfig, RoleSpecs, TensorSpec, preset
 from .errors import CalibrationError, CaptureError, ConfigError, FxqError
 from .quantize import QuantizedModel, quantize
 
-__all__ = ["quantize", "QuantizedModel", "QuantConfig", "RoleSpecs", "TensorSpec", "Override", "preset", "roles",
+__all__ = ["quantize", "capture", "QuantizedModel", "QuantConfig", "RoleSpecs", "TensorSpec", "Override", "preset", "roles",
            "FxqError", "CaptureError", "CalibrationError", "ConfigError"]
 __version__ = "0.1.0"

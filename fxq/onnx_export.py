@@ -60,7 +60,7 @@ def _graph_module_in(qm, dtype: torch.dtype):
     example = qm.example.map(lambda t: t.to(dtype) if t.is_floating_point() else t)
     gm = capture(model, example, qm.dynamic_batch)
     placement = place(gm, qm.config)
-    if placement.keys() != qm.placement.keys():
+    if sorted(placement.keys()) != sorted(qm.placement.keys()):
         raise RuntimeError(f"placement differs between float32 and {dtype} captures; please report this model")
     insert_qdq(gm, placement, qm.amax)
     return gm, example

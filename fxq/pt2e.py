@@ -1,0 +1,94 @@
+"""fxq's placement as a torchao PT2E Quantizer.
+
+    gm = fxq.capture(model, example_inputs)          # torch.export + SDPA as matmuls
+    prepared = prepare_pt2e(gm, FxqQuantizer())
+    for batch in data: prepared(**batch)
+    quantized = convert_pt2e(prepared, fold_quantize=False)
+
+gives the same fp8_qdq nodes, at the same places, as fxq.quantize. The quantizer only writes
+annotations (from fxq.placement.place); torchao inserts observers; each observer's convert()
+emits fxq's fp8_qdq op.
+"""
+from __future__ import annotations
+
+import torch
+from torch.fx import GraphModule, Node
+from torchao.quantization.pt2e.observer import ObserverBase
+from torchao.quantization.pt2e.quantizer import (QuantizationAnnotation, QuantizationSpec, Quantizer,
+                                                 SharedQuantizationSpec)
+
+from . import ops
+from .config import QuantConfig, TensorSpec
+from .observers import make_observer
+from .placement import Placement, place
+
+_ANNOTATION = "quantization_annotation"
+
+
+class FxqObserver(ObserverBase):
+    """A torchao observer wrapping fxq's amax/percentile observers; converts to fxq.fp8_qdq."""
+
+    def __init__(self, key: str = "", spec: TensorSpec = TensorSpec(), fixed_amax: float | None = None,
+                 is_weight: bool = False, dtype=ops.FP8_DTYPE, **_):
+        super().__init__(dtype=dtype)
+        self.key, self.fixed_amax = key, fixed_amax
+        # Weights always use max: clipping weights only loses accuracy.
+        self.inner = make_observer(key, TensorSpec() if is_weight else spec)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.fixed_amax is not None else self.inner(x)
+
+    def amax(self) -> float:
+        return self.fixed_amax if self.fixed_amax is not None else self.inner.result()
+
+    def calculate_qparams(self):
+        return torch.tensor([ops.scale_from_amax(self.amax())]), torch.tensor([0])
+
+    def convert(self, model: GraphModule, observer_node: Node) -> None:
+        with model.graph.inserting_before(observer_node):
+            qdq = model.graph.call_function(torch.ops.fxq.fp8_qdq.default,
+                                            (observer_node.args[0], ops.scale_from_amax(self.amax())))
+        qdq.meta.update({k: v for k, v in observer_node.meta.items() if k != _ANNOTATION})
+        qdq.meta["fxq_site"] = self.key
+        observer_node.replace_all_uses_with(qdq)
+        model.graph.erase_node(observer_node)
+
+
+class FxqQuantizer(Quantizer):
+    def __init__(self, config: QuantConfig | None = None):
+        super().__init__()
+        self.config = config or QuantConfig()
+        self.placement: Placement | None = None
+
+    def transform_for_annotation(self, model: GraphModule) -> GraphModule:
+        if model.graph.find_nodes(op="call_function", target=torch.ops.aten.scaled_dot_product_attention.default):
+            raise ValueError("the graph still has scaled_dot_product_attention; capture it with fxq.capture(model, "
+                             "example_inputs), which rewrites SDPA into the matmul/softmax form fxq annotates")
+        return model
+
+    def annotate(self, model: GraphModule) -> GraphModule:
+        self.placement = place(model, self.config)
+        nodes = {n.name: n for n in model.graph.nodes}
+        for site in self.placement.sites:
+            producer = nodes[site.node]
+            ctr = FxqObserver.with_args(key=site.key, spec=site.spec, fixed_amax=site.fixed_amax,
+                                        is_weight=site.is_weight)
+            spec = QuantizationSpec(dtype=ops.FP8_DTYPE, observer_or_fake_quant_ctr=ctr)
+            first = nodes[site.consumers[0]]
+            for i, name in enumerate(site.consumers):
+                consumer = nodes[name]
+                ann = consumer.meta.setdefault(_ANNOTATION, QuantizationAnnotation())
+                ann.input_qspec_map[producer] = spec if i == 0 else SharedQuantizationSpec((producer, first))
+                ann._annotated = True
+        return model
+
+    def validate(self, model: GraphModule) -> None:
+        pass
+
+
+def qdq_sites(gm: GraphModule) -> dict[str, float]:
+    """site key -> scale of every fp8_qdq node in a converted graph (to compare placements)."""
+    return {n.meta["fxq_site"]: n.args[1]
+            for n in gm.graph.find_nodes(op="call_function", target=torch.ops.fxq.fp8_qdq.default)}
+
+

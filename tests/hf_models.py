@@ -1,0 +1,25 @@
+"""Hugging Face models from configs with random weights (no hub access)."""
+import torch
+import transformers
+
+
+def vit(attn: str = "eager", **overrides):
+    cfg = transformers.ViTConfig(num_labels=1000, **overrides)  # ImageNet head: N=1000 passes the K,N >= 16 rule
+    return transformers.ViTForImageClassification._from_config(cfg, attn_implementation=attn).eval()
+
+
+def vit_inputs(batch: int = 1, size: int = 224):
+    return {"pixel_values": torch.randn(batch, 3, size, size)}
+
+
+def small_bert(attn: str = "eager"):
+    cfg = transformers.BertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+                                  vocab_size=1000, max_position_embeddings=64)
+    return transformers.BertModel._from_config(cfg, attn_implementation=attn).eval()
+
+
+def bert_inputs(batch: int = 2, seq: int = 16):
+    ids = torch.randint(5, 1000, (batch, seq))
+    mask = torch.ones(batch, seq, dtype=torch.long)
+    mask[0, seq // 2:] = 0  # padding in the first sentence
+    return {"input_ids": ids, "attention_mask": mask}

@@ -1,0 +1,65 @@
+"""fxq.fp8_qdq computes exactly what ONNX QuantizeLinear -> DequantizeLinear (E4M3, saturating) computes."""
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from onnx import TensorProto, helper
+
+import fxq  # noqa: F401
+from fxq import ops
+
+
+def _ort_qdq(x: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    elem = helper.np_dtype_to_tensor_dtype(x.dtype)
+    zp = helper.make_tensor("zp", TensorProto.FLOAT8E4M3FN, [], [0])
+    s = helper.make_tensor("s", elem, [], [float(scale)])
+    graph = helper.make_graph(
+        [helper.make_node("QuantizeLinear", ["x", "s", "zp"], ["q"]),
+         helper.make_node("DequantizeLinear", ["q", "s", "zp"], ["y"])],
+        "qdq", [helper.make_tensor_value_info("x", elem, list(x.shape))],
+        [helper.make_tensor_value_info("y", elem, list(x.shape))], initializer=[zp, s])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10)
+    onnx.checker.check_model(model)
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return sess.run(None, {"x": x})[0]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_matches_onnxruntime_bit_for_bit(dtype):
+    x = torch.randn(100_000) * 3
+    x[:10] = torch.tensor([0.0, -0.0, 1e-9, 447.9, 1e6, -1e6, 0.5, -0.5, 3.0, 1e-3])  # saturation, tiny, signs
+    x = x.to(dtype)
+    scale = 2.0 / 448 + 1e-7  # not representable in fp16: the op must round it as the graph will
+    got = torch.ops.fxq.fp8_qdq(x, scale).numpy()
+    want = _ort_qdq(x.numpy(), np.array(scale, dtype=x.numpy().dtype))
+    assert got.dtype == want.dtype
+    assert np.array_equal(got.view(np.uint16 if dtype == torch.float16 else np.uint32),
+                          want.view(np.uint16 if dtype == torch.float16 else np.uint32))
+
+
+def test_saturates_and_rounds_to_fp8_grid():
+    y = ops.fp8_qdq_reference(torch.tensor([1000.0, -1000.0, 1.0, 1.06]), 1.0)
+    assert y.tolist() == [448.0, -448.0, 1.0, 1.0]  # 1.06 rounds to 1.0 (E4M3 step at 1 is 0.125)
+
+
+def test_zero_amax_gives_valid_scale():
+    assert ops.scale_from_amax(0.0) == pytest.approx(1 / 448)
+    s = ops.round_scale(1e-12, torch.float16)
+    assert s.item() > 0 and torch.isfinite(s)
+
+
+def test_single_node_through_export_and_decomposition():
+    class M(torch.nn.Module):
+        def forward(self, x):
+            return torch.ops.fxq.fp8_qdq(x, 0.01) * 2
+
+    ep = torch.export.export(M(), (torch.randn(4, 8),)).run_decompositions()
+    qdq = [n for n in ep.graph.nodes if n.target is torch.ops.fxq.fp8_qdq.default]
+    assert len(qdq) == 1
+
+
+def test_straight_through_gradient():
+    x = torch.randn(16, requires_grad=True)
+    torch.ops.fxq.fp8_qdq(x, 0.01).sum().backward()
+    assert torch.equal(x.grad, torch.ones(16))
