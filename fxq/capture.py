@@ -85,8 +85,6 @@ def _user_frame(exc: BaseException) -> str:
 
 
 def export_model(model: torch.nn.Module, inputs: Inputs, dynamic_batch: bool = False) -> torch.export.ExportedProgram:
-    if not isinstance(model, torch.nn.Module):
-        raise TypeError(f"fxq quantizes torch.nn.Module objects, got {type(model).__name__}")
     if dynamic_batch:
         # torch.export specialises size-1 dims, so capture a dynamic batch with an example of two.
         inputs = inputs.map(lambda t: t.expand(2, *t.shape[1:]).clone() if t.dim() > 0 and t.shape[0] == 1 else t)
@@ -107,6 +105,8 @@ def export_model(model: torch.nn.Module, inputs: Inputs, dynamic_batch: bool = F
 
 def capture(model: torch.nn.Module, example_inputs: Any, dynamic_batch: bool = False) -> torch.fx.GraphModule:
     """Export `model` and return the graph module fxq works on (parameters as get_attr nodes)."""
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"fxq quantizes torch.nn.Module objects, got {type(model).__name__}")
     inputs = Inputs.of(example_inputs)
     was_training = model.training
     model.eval()
