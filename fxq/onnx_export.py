@@ -1,6 +1,7 @@
 """Export a QuantizedModel to ONNX with native QuantizeLinear/DequantizeLinear (FLOAT8E4M3FN)."""
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import tempfile
@@ -103,6 +104,8 @@ def export_onnx(qm, path, dtype: torch.dtype = torch.float16, opset: int = DEFAU
     ep = export_graph_module(gm, example, qm.dynamic_batch)
     seconds["capture"] = time.perf_counter() - t
     t = time.perf_counter()
+    # The exporter's constant folder logs harmless "Evaluation failed" warnings on shape arithmetic.
+    logging.getLogger("onnxscript.optimizer._constant_folding").setLevel(logging.ERROR)
     program = torch.onnx.export(
         ep, dynamo=True, opset_version=opset, verbose=False,
         custom_translation_table={QDQ: _qdq_translation(_onnxscript_opset(opset))},

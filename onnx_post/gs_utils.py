@@ -12,6 +12,11 @@ import torch
 FP8_MAX = 448.0
 
 
+def nodes_of(graph: gs.Graph, op: str) -> list[gs.Node]:
+    """Nodes of one op type that are still wired in (a pass may have detached some this round)."""
+    return [n for n in graph.nodes if n.op == op and n.outputs]
+
+
 def producer(t: gs.Tensor, op: str | None = None) -> gs.Node | None:
     if not t.inputs:
         return None
@@ -76,6 +81,11 @@ def replace_uses(old: gs.Tensor, new: gs.Tensor, graph: gs.Graph) -> None:
 
 
 _names = itertools.count(1)
+
+
+def set_shape(var: gs.Variable, shape) -> None:
+    """Update a tensor's recorded shape; a shape without a dtype would be an invalid value_info."""
+    var.shape = list(shape) if shape is not None and var.dtype is not None else None
 
 
 def new_name(graph: gs.Graph, base: str) -> str:

@@ -36,6 +36,8 @@ def run_passes(graph: gs.Graph, passes=PASSES) -> dict[str, int]:
 
 
 def run_pipeline(model: onnx.ModelProto, passes=PASSES) -> tuple[onnx.ModelProto, dict[str, int]]:
+    if model.ByteSize() < 2**31:  # shapes and dtypes on every tensor let passes check broadcasting
+        model = onnx.shape_inference.infer_shapes(model, data_prop=True)
     graph = gs.import_onnx(model)
     counts = run_passes(graph, passes)
     out = gs.export_onnx(graph, do_type_check=True)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from ..gs_utils import const_value, new_name, only_consumer, producer, replace_uses, scalar
+from ..gs_utils import nodes_of, const_value, new_name, only_consumer, producer, replace_uses, scalar, set_shape
 
 
 def _activation_qdq(dq: gs.Node | None):
@@ -35,7 +35,7 @@ def move_scale_before_q(graph: gs.Graph) -> int:
     calibrated: (x*c) / (s*c) = x / s.
     """
     fired = 0
-    for mm in [n for n in graph.nodes if n.op == "MatMul"]:
+    for mm in nodes_of(graph, "MatMul"):
         scale_op = only_consumer(mm.outputs[0])
         if scale_op is None or scale_op.op not in ("Mul", "Div") or scale_op.inputs[0] is not mm.outputs[0]:
             continue
@@ -61,7 +61,7 @@ def move_scale_before_q(graph: gs.Graph) -> int:
 def move_transpose_before_qdq(graph: gs.Graph) -> int:
     """x -> Q -> DQ -> Transpose -> MatMul  ==>  x -> Transpose -> Q -> DQ -> MatMul (per-tensor only)."""
     fired = 0
-    for tr in [n for n in graph.nodes if n.op == "Transpose"]:
+    for tr in nodes_of(graph, "Transpose"):
         reader = only_consumer(tr.outputs[0])
         qdq = _activation_qdq(producer(tr.inputs[0]))
         if reader is None or reader.op not in ("MatMul", "Gemm") or qdq is None:
@@ -70,8 +70,8 @@ def move_transpose_before_qdq(graph: gs.Graph) -> int:
         moved = gs.Variable(new_name(graph, x.name + "_t"), dtype=x.dtype, shape=tr.outputs[0].shape)
         graph.nodes.append(gs.Node("Transpose", new_name(graph, tr.name), dict(tr.attrs), [x], [moved]))
         q.inputs[0] = moved
-        q.outputs[0].shape = tr.outputs[0].shape
-        dq.outputs[0].shape = tr.outputs[0].shape
+        set_shape(q.outputs[0], tr.outputs[0].shape)
+        set_shape(dq.outputs[0], tr.outputs[0].shape)
         replace_uses(tr.outputs[0], dq.outputs[0], graph)
         tr.outputs.clear()
         fired += 1

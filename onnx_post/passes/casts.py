@@ -4,7 +4,7 @@ from __future__ import annotations
 import onnx
 import onnx_graphsurgeon as gs
 
-from ..gs_utils import only_consumer, replace_uses
+from ..gs_utils import nodes_of, only_consumer, replace_uses
 
 _FLOAT_ROUND_TRIP_OPS = {"Softmax"}  # ops that run natively in the graph dtype in TensorRT
 
@@ -16,7 +16,7 @@ def _cast_to(node: gs.Node):
 def remove_noop_casts(graph: gs.Graph) -> int:
     """Cast to the dtype its input already has."""
     fired = 0
-    for cast in [n for n in graph.nodes if n.op == "Cast"]:
+    for cast in nodes_of(graph, "Cast"):
         src = cast.inputs[0]
         if src.dtype is not None and src.dtype == _cast_to(cast):
             replace_uses(cast.outputs[0], src, graph)
@@ -28,7 +28,9 @@ def remove_noop_casts(graph: gs.Graph) -> int:
 def fold_cast_round_trips(graph: gs.Graph) -> int:
     """Cast(f16->f32) -> Softmax -> Cast(f32->f16)  ==>  Softmax in f16 (what HF's upcast becomes)."""
     fired = 0
-    for up in [n for n in graph.nodes if n.op == "Cast"]:
+    for up in nodes_of(graph, "Cast"):
+        if not up.outputs:  # detached earlier in this loop
+            continue
         op = only_consumer(up.outputs[0])
         if op is None or op.op not in _FLOAT_ROUND_TRIP_OPS:
             continue

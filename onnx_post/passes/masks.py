@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from ..gs_utils import const_value, producer, replace_uses
+from ..gs_utils import nodes_of, const_value, producer, replace_uses
 
 _PASS_THROUGH = {"Expand", "Cast", "Reshape", "Unsqueeze", "Squeeze", "Transpose", "Identity", "Flatten"}
 
@@ -41,7 +41,7 @@ def _rank(t: gs.Tensor) -> int | None:
 
 def remove_zero_masks(graph: gs.Graph) -> int:
     fired = 0
-    for add in [n for n in graph.nodes if n.op == "Add"]:
+    for add in nodes_of(graph, "Add"):
         for keep, mask in ((0, 1), (1, 0)):
             x, m = add.inputs[keep], add.inputs[mask]
             # Only where dropping the Add cannot change the output's shape by broadcasting.

@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from ..gs_utils import (const_value, is_zero_point_zero, new_name, only_consumer, quantize_fp8, replace_uses,
-                        set_input)
+from ..gs_utils import (const_value, is_zero_point_zero, new_name, nodes_of, only_consumer, quantize_fp8,
+                        replace_uses, set_input, set_shape)
 
 
 def fold_weight_quantize(graph: gs.Graph) -> int:
@@ -14,7 +14,7 @@ def fold_weight_quantize(graph: gs.Graph) -> int:
     Halves the file and leaves TensorRT a constant FP8 weight, as its GEMM fusion requires.
     """
     fired = 0
-    for q in [n for n in graph.nodes if n.op == "QuantizeLinear"]:
+    for q in nodes_of(graph, "QuantizeLinear"):
         w = const_value(q.inputs[0])
         scale = const_value(q.inputs[1])
         if w is None or scale is None or w.dtype.kind != "f" or not is_zero_point_zero(q):
@@ -35,7 +35,7 @@ def fold_weight_quantize(graph: gs.Graph) -> int:
 def pretranspose_weights(graph: gs.Graph) -> int:
     """FP8 W -> DQ -> Transpose -> MatMul  ==>  FP8 W^T -> DQ -> MatMul (and Gemm transB=1 -> 0)."""
     fired = 0
-    for dq in [n for n in graph.nodes if n.op == "DequantizeLinear"]:
+    for dq in nodes_of(graph, "DequantizeLinear"):
         w = dq.inputs[0]
         if not isinstance(w, gs.Constant) or w.values.ndim != 2 or const_value(dq.inputs[1]).size != 1:
             continue
@@ -51,7 +51,7 @@ def pretranspose_weights(graph: gs.Graph) -> int:
             continue
         wt = gs.Constant(new_name(graph, w.name + "_t"), np.ascontiguousarray(w.values.T))
         dq.inputs[0] = wt
-        out.shape = list(wt.values.shape)
+        set_shape(out, wt.values.shape)
         if target is None:
             user.attrs["transB"] = 0
         else:
@@ -65,7 +65,7 @@ def pretranspose_weights(graph: gs.Graph) -> int:
 def unshare_weight_dq(graph: gs.Graph) -> int:
     """Give each GEMM its own weight DequantizeLinear, so pre-transposing one cannot affect another."""
     fired = 0
-    for dq in [n for n in graph.nodes if n.op == "DequantizeLinear" and isinstance(n.inputs[0], gs.Constant)]:
+    for dq in [n for n in nodes_of(graph, "DequantizeLinear") if isinstance(n.inputs[0], gs.Constant)]:
         readers = list(dq.outputs[0].outputs)
         for reader in readers[1:]:
             out = gs.Variable(new_name(graph, dq.outputs[0].name), dtype=dq.outputs[0].dtype, shape=dq.outputs[0].shape)

@@ -1,0 +1,184 @@
+"""The fxq command line: `fxq quantize` and `fxq check`."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+EPILOG = """examples:
+  fxq quantize minilm --out out/minilm_fp8.onnx
+  fxq quantize ./my-vit-folder --calib-images ./photos --out vit_fp8.onnx --dtype fp16
+  fxq quantize ./my-bert-folder --calib-text sentences.txt --seq-len 128 --save-calib bert.calib.json --out bert.onnx
+  fxq quantize vit-base --calib-synthetic 16 --out vit.onnx --report
+  fxq check model.onnx --strict
+"""
+DTYPES = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}
+N_EVAL_BUILTIN = 16  # built-in sentences held out from calibration to measure FP8 drift
+
+
+class CliError(Exception):
+    pass
+
+
+def _parser() -> argparse.ArgumentParser:
+    from .config import PRESETS
+    from .sources import BUILTINS
+
+    p = argparse.ArgumentParser(prog="fxq", description="FP8 (E4M3) quantization for TensorRT through torch.export.",
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG)
+    sub = p.add_subparsers(dest="command", required=True)
+    q = sub.add_parser("quantize", help="quantize, calibrate and export a model to FP8 ONNX",
+                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG)
+    q.add_argument("model", help="a local Hugging Face model folder, or a built-in: "
+                   + "; ".join(f"{k} ({v})" for k, v in BUILTINS.items()))
+    q.add_argument("--out", required=True, type=Path, help="ONNX file to write")
+    src = q.add_mutually_exclusive_group()
+    src.add_argument("--calib-images", type=Path, metavar="DIR", help="folder of calibration images")
+    src.add_argument("--calib-text", type=Path, metavar="FILE", help="text file, one calibration sentence per line")
+    src.add_argument("--calib-synthetic", type=int, metavar="N", help="N random samples (structure checks only)")
+    src.add_argument("--load-calib", type=Path, metavar="JSON", help="reuse a saved calibration instead of calibrating")
+    q.add_argument("--save-calib", type=Path, metavar="JSON", help="save the calibration results")
+    q.add_argument("--dtype", choices=sorted(DTYPES), default="fp16", help="graph dtype (default fp16)")
+    q.add_argument("--config", type=Path, metavar="JSON", help="QuantConfig as JSON (QuantConfig.to_dict format)")
+    q.add_argument("--preset", choices=PRESETS, default="tensorrt-fp8", help="named config (default tensorrt-fp8)")
+    q.add_argument("--batch-size", type=int, default=8, help="calibration batch size (default 8)")
+    q.add_argument("--seq-len", type=int, default=64, help="text models: fixed sequence length (default 64)")
+    q.add_argument("--attn", choices=["eager", "sdpa"], default="eager", help="attention implementation to load")
+    q.add_argument("--opset", type=int, default=21, help="ONNX opset (>= 19; default 21)")
+    q.add_argument("--static-batch", action="store_true", help="export a fixed batch size instead of a dynamic one")
+    q.add_argument("--report", action="store_true", help="print the per-quantizer table")
+    q.add_argument("--quiet", action="store_true", help="no progress bars")
+    c = sub.add_parser("check", help="TensorRT FP8 readiness of any ONNX file", add_help=False)
+    c.add_argument("rest", nargs=argparse.REMAINDER)
+    return p
+
+
+def _config(args):
+    from .config import QuantConfig, preset
+
+    if args.config is None:
+        return preset(args.preset)
+    if not args.config.is_file():
+        raise CliError(f"config file {args.config} does not exist")
+    try:
+        return QuantConfig.from_dict(json.loads(args.config.read_text()))
+    except (json.JSONDecodeError, TypeError, ValueError) as e:
+        raise CliError(f"config file {args.config} is not a valid fxq config: {e}") from None
+
+
+def _calibration(args, source):
+    """(calibration batches, held-out evaluation batch)."""
+    from .sources import batched, read_images, read_texts
+
+    if args.batch_size < 1:
+        raise CliError("--batch-size must be at least 1")
+    if args.calib_text is not None:
+        if source.kind != "text":
+            raise CliError(f"--calib-text needs a text model; {source.name} takes images (use --calib-images)")
+        items, encode = read_texts(args.calib_text), source.encode
+    elif args.calib_images is not None:
+        if source.kind != "vision":
+            raise CliError(f"--calib-images needs a vision model; {source.name} takes text (use --calib-text)")
+        items, encode = read_images(args.calib_images), source.encode
+    elif args.calib_synthetic is not None:
+        if args.calib_synthetic < 1:
+            raise CliError("--calib-synthetic needs a positive number of samples")
+        n = args.calib_synthetic
+        batches = [source.synthetic(min(args.batch_size, n - i)) for i in range(0, n, args.batch_size)]
+        return batches, source.synthetic(4)
+    elif args.load_calib is not None:
+        return None, source.synthetic(4)
+    elif source.default_texts:
+        texts = source.default_texts
+        calib, held_out = texts[:-N_EVAL_BUILTIN], texts[-N_EVAL_BUILTIN:]
+        return [source.encode(b) for b in batched(calib, args.batch_size)], source.encode(held_out)
+    else:
+        raise CliError(f"no calibration data for {source.name}: pass --calib-images, --calib-text or --calib-synthetic N")
+    batches = [encode(b) for b in batched(items, args.batch_size)]
+    return batches, batches[0]
+
+
+def _quantize(args) -> int:
+    import torch
+
+    import fxq
+    from onnx_post.checker import check_model
+
+    from .sources import load_source
+    from .verify import compare, first_output, run_onnx
+    from .zoo import sentence_embedding
+
+    if args.out.exists() and args.out.is_dir():
+        raise CliError(f"--out {args.out} is a directory; give a file path such as {args.out / 'model.onnx'}")
+    times = {}
+    t = time.perf_counter()
+    config = _config(args)
+    source = load_source(args.model, args.seq_len, args.attn)
+    batches, eval_batch = _calibration(args, source)
+    times["load"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    example = batches[0] if batches else eval_batch
+    qm = fxq.quantize(source.model, example, batches, config, calibration=args.load_calib,
+                      dynamic_batch=not args.static_batch, progress=not args.quiet)
+    times["quantize+calibrate"] = time.perf_counter() - t
+    if args.save_calib:
+        qm.save_calibration(args.save_calib)
+    print(qm.report().table() if args.report else qm.report().summary())
+
+    dtype = getattr(torch, DTYPES[args.dtype])
+    result = qm.export_onnx(args.out, dtype=dtype, opset=args.opset)
+    times["export"] = result.seconds.get("capture", 0) + result.seconds["onnx_export"] + result.seconds["save"]
+    times["post-process"] = result.seconds.get("post_process", 0.0)
+
+    t = time.perf_counter()
+    readiness = check_model(result.path)
+    times["check"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    eval_inputs = eval_batch if not args.static_batch else {k: v[: example[k].shape[0]] for k, v in eval_batch.items()}
+    with torch.no_grad():
+        ref, fq = first_output(source.model(**eval_inputs)), first_output(qm(**eval_inputs))
+    ort = torch.from_numpy(run_onnx(result.path, eval_inputs, dtype)[0]).float()
+    rows = [("FP8 torch (fake-quant)", compare(ref, fq)), (f"FP8 ONNX {args.dtype} (onnxruntime)", compare(ref, ort))]
+    if source.kind == "text":
+        mask = eval_inputs["attention_mask"]
+        e32 = sentence_embedding(ref, mask)
+        for label, out in (("FP8 torch sentence embedding", fq), (f"FP8 ONNX {args.dtype} sentence embedding", ort)):
+            e8 = sentence_embedding(out, mask)
+            cos = torch.nn.functional.cosine_similarity(e32, e8, dim=-1)
+            rows.append((label, {"cosine": float(cos.mean()), "min_cosine": float(cos.min())}))
+    times["verify"] = time.perf_counter() - t
+
+    print(f"\nTensorRT readiness ({result.path}): {readiness.summary()}")
+    print(f"\nFP8 vs FP32 on {len(next(iter(eval_inputs.values())))} held-out samples ({source.name}):")
+    for label, m in rows:
+        print(f"  {label:<40} " + "  ".join(f"{k} {v:.4f}" for k, v in m.items()))
+    print(f"\nfile: {result.path} ({result.bytes / 2**20:.1f} MiB, {args.dtype}, opset {result.opset})")
+    print("time: " + ", ".join(f"{k} {v:.1f}s" for k, v in times.items()))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["check"]:
+        from onnx_post.check_cli import main as check_main
+
+        return check_main(argv[1:])
+    args = _parser().parse_args(argv)
+    from .errors import FxqError
+
+    try:
+        return _quantize(args)
+    except (CliError, FxqError, ImportError, OSError, ValueError) as e:
+        first = str(e).strip().splitlines()
+        print(f"fxq {args.command}: error: {first[0] if first else type(e).__name__}", file=sys.stderr)
+        for line in first[1:3]:
+            print(f"  {line.strip()}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

