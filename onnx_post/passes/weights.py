@@ -1,11 +1,15 @@
 """Weights: FP8 initializers feeding DequantizeLinear, pre-transposed so DQ feeds the GEMM."""
 from __future__ import annotations
 
+import ml_dtypes
 import numpy as np
 import onnx_graphsurgeon as gs
 
 from ..gs_utils import (const_value, is_zero_point_zero, new_name, nodes_of, only_consumer, quantize_fp8,
                         replace_uses, set_input, set_shape)
+
+
+FLOAT_WEIGHTS = {np.dtype(np.float16), np.dtype(np.float32), np.dtype(ml_dtypes.bfloat16)}
 
 
 def fold_weight_quantize(graph: gs.Graph) -> int:
@@ -17,7 +21,7 @@ def fold_weight_quantize(graph: gs.Graph) -> int:
     for q in nodes_of(graph, "QuantizeLinear"):
         w = const_value(q.inputs[0])
         scale = const_value(q.inputs[1])
-        if w is None or scale is None or w.dtype.kind != "f" or not is_zero_point_zero(q):
+        if w is None or scale is None or w.dtype not in FLOAT_WEIGHTS or not is_zero_point_zero(q):
             continue
         if q.attrs.get("saturate", 1) != 1 or len(q.inputs) < 3 or "float8" not in str(const_value(q.inputs[2]).dtype):
             continue
@@ -37,7 +41,7 @@ def pretranspose_weights(graph: gs.Graph) -> int:
     fired = 0
     for dq in nodes_of(graph, "DequantizeLinear"):
         w = dq.inputs[0]
-        if not isinstance(w, gs.Constant) or w.values.ndim != 2 or const_value(dq.inputs[1]).size != 1:
+        if not isinstance(w, gs.Constant) or len(w.shape) != 2 or const_value(dq.inputs[1]).size != 1:
             continue
         out = dq.outputs[0]
         user = only_consumer(out)
@@ -49,7 +53,7 @@ def pretranspose_weights(graph: gs.Graph) -> int:
             target = None
         else:
             continue
-        wt = gs.Constant(new_name(graph, w.name + "_t"), np.ascontiguousarray(w.values.T))
+        wt = gs.Constant(new_name(graph, w.name + "_t"), np.ascontiguousarray(const_value(w).T))
         dq.inputs[0] = wt
         set_shape(out, wt.values.shape)
         if target is None:
