@@ -8,7 +8,7 @@ from tqdm.auto import tqdm
 
 from .capture import Inputs
 from .errors import CalibrationError
-from .observers import AmaxObserver
+from .observers import AmaxObserver, check_finite
 
 
 def _structure(inputs: Inputs) -> tuple:
@@ -64,6 +64,7 @@ def run_calibration(
                     f"calibration batch {seen} failed in the captured model: {msg}; fix: give batches the "
                     "example inputs' shapes (other batch sizes need dynamic_batch=True)"
                 ) from e
+            check_finite(observers.values(), seen)
     if seen == 0:
         raise CalibrationError("calibration data is empty; fix: pass at least one batch (a few hundred samples is typical)")
     return seen

@@ -1,13 +1,18 @@
 """Calibration observers: record what each activation site sees."""
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .errors import CalibrationError
 
 
 class AmaxObserver(torch.nn.Module):
-    """Running max |x|. Refuses NaN/inf: a scale computed from them would be garbage."""
+    """Running max |x| kept on the tensor's device (no host sync per call).
+
+    NaN/inf propagate into amax; check_finite() (once per batch, for all observers) refuses them.
+    """
 
     def __init__(self, key: str):
         super().__init__()
@@ -16,19 +21,12 @@ class AmaxObserver(torch.nn.Module):
         self.batches = 0
 
     def _check(self, x: torch.Tensor) -> torch.Tensor:
-        a = x.detach().abs().float()
-        m = a.max() if a.numel() else torch.zeros((), device=a.device)
-        if not torch.isfinite(m):
-            raise CalibrationError(
-                f"non-finite values (NaN or inf) reached quantizer '{self.key}' during calibration batch "
-                f"{self.batches + 1}; fix: check the calibration data (normalisation, padding) or the model in float first"
-            )
-        return a
+        return x.detach().abs().float()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         a = self._check(x)
         if a.numel():
-            self.amax = torch.maximum(self.amax.to(a.device), a.max())
+            self.amax = torch.maximum(self.amax.to(a.device), a.max())  # NaN propagates
         self.batches += 1
         return x
 
@@ -53,6 +51,8 @@ class PercentileObserver(AmaxObserver):
             return x
         m = float(a.max())
         self.amax = torch.maximum(self.amax.to(a.device), a.max())
+        if not math.isfinite(m):  # check_finite() reports it after this batch
+            return x
         if self.hist is None or m > self.top:
             self._grow(max(m, 1e-12))
         self.hist += torch.histc(a.flatten(), bins=self.bins, min=0.0, max=self.top).to(self.hist)
@@ -79,3 +79,18 @@ def make_observer(key: str, spec) -> AmaxObserver:
     if spec.calibrator == "percentile":
         return PercentileObserver(key, spec.percentile)
     return AmaxObserver(key)
+
+
+def check_finite(observers, batch: int) -> None:
+    """One host sync per batch: raise, naming the first quantizer that saw NaN or inf."""
+    observers = list(observers)
+    if not observers:
+        return
+    device = observers[0].amax.device
+    if bool(torch.isfinite(torch.stack([o.amax.to(device) for o in observers])).all()):
+        return
+    bad = next(o for o in observers if not torch.isfinite(o.amax))
+    raise CalibrationError(
+        f"non-finite values (NaN or inf) reached quantizer '{bad.key}' during calibration batch {batch}; "
+        "fix: check the calibration data (normalisation, padding) or the model in float first"
+    )

@@ -176,3 +176,10 @@ def test_uncapturable_model_points_at_the_line():
 def test_not_a_module():
     with pytest.raises(TypeError, match="torch.nn.Module"):
         fxq.quantize(lambda x: x, torch.randn(2), [torch.randn(2)])
+
+
+def test_nan_with_percentile_calibration_is_refused_too():
+    bad = (inputs_for("mul_after", 4)[0].clone(),)
+    bad[0][1, 2, 3] = float("inf")
+    with pytest.raises(fxq.CalibrationError, match="non-finite values .* batch 1"):
+        _quantize(data=[bad], config=fxq.preset("tensorrt-fp8-percentile"))
