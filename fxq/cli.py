@@ -68,40 +68,48 @@ def _config(args):
         raise CliError(f"config file {args.config} is not a valid fxq config: {e}") from None
 
 
-def _calibration(args, source):
-    """(calibration batches, held-out evaluation batch)."""
-    from .sources import batched, read_images, read_texts
+def _calibration_items(args) -> list | None:
+    """Read calibration files before the (slow) model load, so bad paths fail fast."""
+    from .sources import read_images, read_texts
 
     if args.batch_size < 1:
         raise CliError("--batch-size must be at least 1")
+    if args.calib_synthetic is not None and args.calib_synthetic < 1:
+        raise CliError("--calib-synthetic needs a positive number of samples")
     if args.calib_text is not None:
-        if source.kind != "text":
-            raise CliError(f"--calib-text needs a text model; {source.name} takes images (use --calib-images)")
-        items, encode = read_texts(args.calib_text), source.encode
-    elif args.calib_images is not None:
-        if source.kind != "vision":
-            raise CliError(f"--calib-images needs a vision model; {source.name} takes text (use --calib-text)")
-        items, encode = read_images(args.calib_images), source.encode
-    elif args.calib_synthetic is not None:
-        if args.calib_synthetic < 1:
-            raise CliError("--calib-synthetic needs a positive number of samples")
+        return read_texts(args.calib_text)
+    if args.calib_images is not None:
+        return read_images(args.calib_images)
+    return None
+
+
+def _calibration(args, source, items):
+    """(calibration batches, held-out evaluation batch)."""
+    from .sources import batched
+
+    if args.calib_text is not None and source.kind != "text":
+        raise CliError(f"--calib-text needs a text model; {source.name} takes images (use --calib-images)")
+    if args.calib_images is not None and source.kind != "vision":
+        raise CliError(f"--calib-images needs a vision model; {source.name} takes text (use --calib-text)")
+    if items is not None:  # user data: evaluate on the first calibration batch
+        batches = [source.encode(b) for b in batched(items, args.batch_size)]
+        return batches, batches[0]
+    if args.calib_synthetic is not None:
         n = args.calib_synthetic
         batches = [source.synthetic(min(args.batch_size, n - i)) for i in range(0, n, args.batch_size)]
         return batches, source.synthetic(4)
-    elif args.load_calib is not None:
+    if args.load_calib is not None:
         return None, source.synthetic(4)
-    elif source.default_texts:
+    if source.default_texts:  # built-in sentences: calibrate on most, evaluate on the held-out rest
         texts = source.default_texts
         calib, held_out = texts[:-N_EVAL_BUILTIN], texts[-N_EVAL_BUILTIN:]
         return [source.encode(b) for b in batched(calib, args.batch_size)], source.encode(held_out)
-    else:
-        raise CliError(f"no calibration data for {source.name}: pass --calib-images, --calib-text or --calib-synthetic N")
-    batches = [encode(b) for b in batched(items, args.batch_size)]
-    return batches, batches[0]
+    raise CliError(f"no calibration data for {source.name}: pass --calib-images, --calib-text or --calib-synthetic N")
 
 
 def _quantize(args) -> int:
     import torch
+    import transformers
 
     import fxq
     from onnx_post.checker import check_model
@@ -115,8 +123,11 @@ def _quantize(args) -> int:
     times = {}
     t = time.perf_counter()
     config = _config(args)
+    items = _calibration_items(args)
+    if args.quiet:
+        transformers.utils.logging.disable_progress_bar()
     source = load_source(args.model, args.seq_len, args.attn)
-    batches, eval_batch = _calibration(args, source)
+    batches, eval_batch = _calibration(args, source, items)
     times["load"] = time.perf_counter() - t
 
     t = time.perf_counter()
