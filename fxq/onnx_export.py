@@ -1,11 +1,13 @@
 """Export a QuantizedModel to ONNX with native QuantizeLinear/DequantizeLinear (FLOAT8E4M3FN)."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,6 +43,26 @@ def _onnxscript_opset(version: int):
     import onnxscript
 
     return getattr(onnxscript, f"opset{version}")
+
+
+# Loggers whose warnings are noise for fxq users: torchvision op registration, and the constant
+# folder's "Evaluation failed" on shape arithmetic it cannot fold.
+_NOISY_LOGGERS = ("torch.onnx._internal.exporter._registration", "onnxscript.optimizer._constant_folding")
+
+
+@contextlib.contextmanager
+def _quiet_exporter():
+    loggers = [logging.getLogger(name) for name in _NOISY_LOGGERS]
+    levels = [lg.level for lg in loggers]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
+        for lg in loggers:
+            lg.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            for lg, level in zip(loggers, levels):
+                lg.setLevel(level)
 
 
 @dataclass
@@ -101,15 +123,15 @@ def export_onnx(qm, path, dtype: torch.dtype = torch.float16, opset: int = DEFAU
     gm, example = _graph_module_in(qm, dtype)
     from .quantize import export_graph_module
 
-    ep = export_graph_module(gm, example, qm.dynamic_batch)
+    with _quiet_exporter():
+        ep = export_graph_module(gm, example, qm.dynamic_batch)
     seconds["capture"] = time.perf_counter() - t
     t = time.perf_counter()
-    # The exporter's constant folder logs harmless "Evaluation failed" warnings on shape arithmetic.
-    logging.getLogger("onnxscript.optimizer._constant_folding").setLevel(logging.ERROR)
-    program = torch.onnx.export(
-        ep, dynamo=True, opset_version=opset, verbose=False,
-        custom_translation_table={QDQ: _qdq_translation(_onnxscript_opset(opset))},
-    )
+    with _quiet_exporter():
+        program = torch.onnx.export(
+            ep, dynamo=True, opset_version=opset, verbose=False,
+            custom_translation_table={QDQ: _qdq_translation(_onnxscript_opset(opset))},
+        )
     model = ir.to_proto(program.model)
     seconds["onnx_export"] = time.perf_counter() - t
     counts = {}
