@@ -24,7 +24,8 @@ MIN_OPSET = 19  # first opset with FLOAT8E4M3FN Q/DQ and fp16 scales
 DEFAULT_OPSET = 21  # onnxruntime computes fp16 Q/DQ in fp32 up to 21, as fxq's torch op does
 IR_VERSION = 10
 _NP = {ir.DataType.FLOAT: np.float32, ir.DataType.FLOAT16: np.float16}
-_TWO_GB = 2**31
+# protobuf cannot serialise 2 GiB; leave headroom for the graph itself.
+EXTERNAL_DATA_BYTES = 2**31 - 2**26
 
 
 def _qdq_translation(opset):
@@ -91,7 +92,8 @@ def _graph_module_in(qm, dtype: torch.dtype):
 
 def _save(model: onnx.ModelProto, path: Path) -> None:
     """Write next to the target, then rename: the target is never a half-written file."""
-    external = model.ByteSize() > _TWO_GB if hasattr(model, "ByteSize") else False
+    # Sum tensor bytes rather than ByteSize(): the latter fails on protos past 2 GiB.
+    external = sum(len(t.raw_data) for t in model.graph.initializer) > EXTERNAL_DATA_BYTES
     tmpdir = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
     try:
         tmp = tmpdir / path.name

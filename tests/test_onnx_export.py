@@ -147,3 +147,14 @@ def test_export_argument_errors(tmp_path):
         qm.export_onnx(tmp_path / "m.onnx", dtype=torch.int8)
     with pytest.raises(IsADirectoryError, match="is a directory"):
         qm.export_onnx(tmp_path)
+
+
+def test_large_models_are_written_with_external_data(tmp_path, monkeypatch):
+    monkeypatch.setattr("fxq.onnx_export.EXTERNAL_DATA_BYTES", 10_000)  # pretend the small model is over 2 GiB
+    qm = fxq.quantize(small_bert(), bert_inputs(), [bert_inputs(4)], progress=False)
+    result = qm.export_onnx(tmp_path / "m.onnx")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "m.onnx.data"]
+    assert result.bytes == sum(p.stat().st_size for p in tmp_path.iterdir())
+    assert check_model(result.path).ready
+    x = bert_inputs(2)
+    assert compare(first_output(qm(**x)), run_onnx(result.path, x, torch.float16)[0])["cosine"] > 0.99
