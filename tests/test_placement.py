@@ -99,3 +99,13 @@ def test_layer_norm_input_is_never_quantized():
     for site in placement.sites:
         for c in site.consumers:
             assert nodes[c].target is not torch.ops.aten.layer_norm.default
+
+
+def test_quantized_model_holds_an_exported_program_with_every_site():
+    qm = fxq.quantize(TinyAttention().eval(), inputs_for("mul_after"), [inputs_for("mul_after", 4)], progress=False)
+    ep = qm.program
+    assert isinstance(ep, torch.export.ExportedProgram)
+    qdq = [n for n in ep.graph.nodes if n.target is torch.ops.fxq.fp8_qdq.default]
+    assert len(qdq) == len(qm.placement.sites) == 14
+    x = inputs_for("mul_after", 5)  # dynamic batch survives the re-export
+    assert torch.equal(ep.module()(*x), qm(*x))
