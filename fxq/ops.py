@@ -8,6 +8,8 @@ dtype), x / scale is done in float32, saturated to +-448 and rounded to nearest-
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 
 FP8_MAX = 448.0  # largest finite float8_e4m3fn
@@ -32,8 +34,14 @@ def round_scale(scale: float, dtype: torch.dtype) -> torch.Tensor:
     return s
 
 
+@functools.lru_cache(maxsize=4096)
+def _graph_scale(scale: float, dtype: torch.dtype) -> float:
+    # Cached as a Python float: no tensor creation or host sync on every fake-quant call.
+    return float(round_scale(scale, dtype))
+
+
 def fp8_qdq_reference(x: torch.Tensor, scale: float) -> torch.Tensor:
-    s = round_scale(scale, x.dtype).float()
+    s = _graph_scale(float(scale), x.dtype)  # exact in float32, so x / s is what ONNX computes
     q = torch.clamp(x.float() / s, -FP8_MAX, FP8_MAX).to(FP8_DTYPE)
     return (q.float() * s).to(x.dtype)
 
