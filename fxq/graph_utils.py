@@ -50,3 +50,49 @@ def copy_module_stack(new: Node, like: Node) -> None:
     for key in ("nn_module_stack", "stack_trace", "source_fn_stack"):
         if key in like.meta:
             new.meta[key] = like.meta[key]
+
+
+def depends_on_input(node) -> bool:
+    """True when `node` reads a graph input (placeholder) upstream; parameters and constants do not."""
+    seen, stack = set(), [node]
+    while stack:  # iterative: deep graphs would overflow recursion
+        n = stack.pop()
+        if not isinstance(n, Node) or n in seen:
+            continue
+        if n.op == "placeholder":
+            return True
+        seen.add(n)
+        stack.extend(n.all_input_nodes)
+    return False
+
+
+def fake_call(target, args: tuple, kwargs: dict | None = None):
+    """Run `target` on the fake tensors in the args' meta["val"]: the meta for a node fxq creates."""
+    from torch.fx.node import map_arg
+
+    vals = []
+    real_args = map_arg(args, lambda n: vals.append(n.meta.get("val")) or n.meta.get("val"))
+    real_kwargs = map_arg(kwargs or {}, lambda n: n.meta.get("val"))
+    mode = next((v.fake_mode for v in vals if hasattr(v, "fake_mode")), None)
+    if mode is None:
+        return None
+    with mode:
+        return target(*real_args, **real_kwargs)
+
+
+def hoist_before(value: Node, anchor: Node) -> int:
+    """Move `value` and whatever it needs that sits after `anchor` to just before `anchor`.
+
+    For constant subgraphs only (parameters -> ops): they read no activations, so moving them
+    earlier keeps the graph valid. Returns how many nodes moved.
+    """
+    order = {n: i for i, n in enumerate(anchor.graph.nodes)}
+    late, stack = set(), [value]
+    while stack:
+        n = stack.pop()
+        if isinstance(n, Node) and n not in late and order[n] > order[anchor]:
+            late.add(n)
+            stack.extend(n.all_input_nodes)
+    for n in sorted(late, key=order.__getitem__):
+        anchor.prepend(n)
+    return len(late)

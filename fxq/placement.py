@@ -1,7 +1,8 @@
 """Place: decide which tensors get an FP8 quantizer, by role, from graph structure alone.
 
-Finding is kept apart from changing: `place()` only reads the graph (after the one canonical
-rewrite, attention scale onto Q) and returns a Placement; fxq/insert.py turns it into nodes.
+Finding is kept apart from changing: `place()` only reads the graph (after the canonical
+rewrites: probs views above the softmax, attention scale onto Q) and returns a Placement;
+fxq/insert.py turns it into nodes.
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from dataclasses import dataclass, field
 from torch.fx import GraphModule, Node
 
 from . import roles as R
-from .attention import find_attention_blocks, move_scale_to_q
+from .attention import find_attention_blocks, move_scale_to_q, move_views_before_softmax
 from .config import QuantConfig, TensorSpec
 from .graph_utils import aten, module_path, static_dim
 
@@ -61,6 +62,7 @@ class Placement:
     gemms: int = 0
     attention_blocks: int = 0
     scales_moved_to_q: int = 0
+    views_moved_before_softmax: int = 0
 
     def count(self, role: str) -> int:
         return sum(1 for s in self.sites if s.role == role)
@@ -115,6 +117,9 @@ def _requests(gm: GraphModule, cfg: QuantConfig, out: Placement) -> list[_Reques
         reqs += [_Request(x, node, R.LINEAR_INPUT, mod), _Request(w, node, R.LINEAR_WEIGHT, mod)]
 
     blocks = find_attention_blocks(gm)
+    out.views_moved_before_softmax = move_views_before_softmax(gm, blocks)
+    if out.views_moved_before_softmax:
+        blocks = find_attention_blocks(gm)  # the softmax nodes were replaced
     out.attention_blocks = len(blocks)
     out.scales_moved_to_q = move_scale_to_q(gm, blocks)
     for b in blocks:
@@ -131,7 +136,7 @@ def _requests(gm: GraphModule, cfg: QuantConfig, out: Placement) -> list[_Reques
 
 
 def place(gm: GraphModule, config: QuantConfig | None = None) -> Placement:
-    """Find every FP8 site in `gm`. Moves attention scales onto Q (the only graph change)."""
+    """Find every FP8 site in `gm`. Only graph changes: attention scales onto Q, probs views above softmax."""
     cfg = config or QuantConfig()
     out = Placement()
     groups: dict[Node, list[_Request]] = {}

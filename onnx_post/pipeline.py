@@ -7,6 +7,7 @@ from onnx_graphsurgeon.logger import G_LOGGER
 
 from .passes.attention import move_scale_before_q, move_transpose_before_qdq
 from .passes.casts import fold_cast_round_trips, remove_noop_casts
+from .passes.constants import fold_constant_weight_inputs
 from .passes.masks import remove_zero_masks
 from .passes.weights import fold_weight_quantize, pretranspose_weights, unshare_weight_dq
 
@@ -15,6 +16,7 @@ G_LOGGER.severity = G_LOGGER.ERROR  # its colour/FP8 warnings are noise for fxq 
 IR_VERSION = 10  # what the exporter writes; graphsurgeon would otherwise stamp a newer one
 
 PASSES = (
+    fold_constant_weight_inputs,
     fold_weight_quantize,
     unshare_weight_dq,
     pretranspose_weights,

@@ -158,3 +158,16 @@ def test_transpose_moves_above_qdq():
     feed = {"q": rng.standard_normal((1, 2, 8, 16)).astype(np.float16),
             "k": rng.standard_normal((1, 2, 8, 16)).astype(np.float16)}
     _same(m, out, feed)
+
+
+def test_onnxruntime_session_avoids_relu_quant_rewrite_on_fp8():
+    """Relu -> Q(FP8) -> DQ: onnxruntime's ReluQuantRewrite would drop the Relu (valid for uint8, not signed FP8)."""
+    from fxq.verify import onnx_session
+
+    nodes = [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("QuantizeLinear", ["r", "s", "zp"], ["q"]),
+             helper.make_node("DequantizeLinear", ["q", "s", "zp"], ["y"])]
+    m = model(nodes, [("x", TensorProto.FLOAT, [64])], [("y", TensorProto.FLOAT, [64])],
+              [const("s", np.float32(0.01)), fp8_zero()])
+    x = rng.standard_normal(64).astype(np.float32)
+    y = onnx_session(m.SerializeToString(), optimize=True).run(None, {"x": x})[0]
+    assert (y >= 0).all() and (y[x < 0] == 0).all()
