@@ -100,6 +100,8 @@ def export_model(model: torch.nn.Module, inputs: Inputs, dynamic_batch: bool = F
             + "\n  fix: make that code traceable (no data-dependent Python control flow, no .item()/.tolist() on "
             "activations), or pass example inputs that match the model's forward signature."
         ) from e
+    if not ep.graph.find_nodes(op="call_function", target=torch.ops.aten.scaled_dot_product_attention.default):
+        return ep  # eager attention: nothing to rewrite, and a re-trace costs seconds on large models
     return ep.run_decompositions({torch.ops.aten.scaled_dot_product_attention.default: sdpa_as_matmuls})
 
 
@@ -116,6 +118,10 @@ def capture(model: torch.nn.Module, example_inputs: Any, dynamic_batch: bool = F
         model.train(was_training)
     gm = ep.module()
     drop_metadata_asserts(gm)
+    # Dead readers (attention weights a module computes but nobody returns) would hide the
+    # single-reader softmax -> BMM2 chain; FX keeps impure nodes.
+    gm.graph.eliminate_dead_code()
+    gm.recompile()
     return gm
 
 

@@ -6,9 +6,10 @@ import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.logger import G_LOGGER
 
 from .passes.attention import move_scale_before_q, move_transpose_before_qdq
-from .passes.casts import fold_cast_round_trips, remove_noop_casts
+from .passes.casts import fold_cast_round_trips, remove_noop_casts, remove_widening_round_trips
 from .passes.constants import fold_constant_weight_inputs
 from .passes.masks import remove_zero_masks
+from .passes.transposes import fuse_transpose_pairs
 from .passes.weights import fold_weight_quantize, pretranspose_weights, unshare_weight_dq
 
 G_LOGGER.severity = G_LOGGER.ERROR  # its colour/FP8 warnings are noise for fxq users
@@ -21,8 +22,10 @@ PASSES = (
     unshare_weight_dq,
     pretranspose_weights,
     remove_noop_casts,
+    remove_widening_round_trips,
     fold_cast_round_trips,
     remove_zero_masks,
+    fuse_transpose_pairs,
     move_scale_before_q,
     move_transpose_before_qdq,
 )

@@ -171,3 +171,32 @@ def test_onnxruntime_session_avoids_relu_quant_rewrite_on_fp8():
     x = rng.standard_normal(64).astype(np.float32)
     y = onnx_session(m.SerializeToString(), optimize=True).run(None, {"x": x})[0]
     assert (y >= 0).all() and (y[x < 0] == 0).all()
+
+
+@pytest.mark.parametrize("src,mid,expect", [(FP16, TensorProto.FLOAT, 1), (TensorProto.FLOAT, FP16, 0)])
+def test_only_widening_cast_round_trips_are_removed(src, mid, expect):
+    """f16 -> f32 -> f16 is exact and goes; f32 -> f16 -> f32 rounds, so it must stay."""
+    nodes = [helper.make_node("Softmax", ["s"], ["p"], axis=-1), helper.make_node("Cast", ["p"], ["w"], to=mid),
+             helper.make_node("Cast", ["w"], ["c"], to=src), helper.make_node("Relu", ["c"], ["y"])]
+    m = model(nodes, [("s", src, [2, 8])], [("y", src, [2, 8])], [])
+    from onnx_post.passes.casts import remove_widening_round_trips
+
+    out, counts = apply(m, [remove_widening_round_trips])
+    assert counts == {"remove_widening_round_trips": expect}
+    assert ops(out).count("Cast") == 2 - 2 * expect
+    dtype = np.float16 if src == FP16 else np.float32
+    feed = {"s": (rng.standard_normal((2, 8)) * 3).astype(dtype)}
+    _same(m, out, feed)
+
+
+@pytest.mark.parametrize("second,expect_ops", [([0, 1, 3, 2], ["Transpose", "Relu"]), ([0, 2, 1, 3], ["Relu"])])
+def test_transpose_pairs_fuse(second, expect_ops):
+    from onnx_post.passes.transposes import fuse_transpose_pairs
+
+    nodes = [helper.make_node("Transpose", ["x"], ["a"], perm=[0, 2, 1, 3]),
+             helper.make_node("Transpose", ["a"], ["b"], perm=second), helper.make_node("Relu", ["b"], ["y"])]
+    out_shape = [2, 4, 16, 8] if second == [0, 1, 3, 2] else [2, 8, 4, 16]
+    m = model(nodes, [("x", FP16, [2, 8, 4, 16])], [("y", FP16, out_shape)], [])
+    out, counts = apply(m, [fuse_transpose_pairs])
+    assert counts == {"fuse_transpose_pairs": 1} and ops(out) == expect_ops
+    _same(m, out, {"x": rng.standard_normal((2, 8, 4, 16)).astype(np.float16)})
