@@ -56,8 +56,6 @@ def run_calibration(
             inputs = inputs.map(lambda t: t.to(device))
             try:
                 inputs.call(gm)
-            except CalibrationError:
-                raise
             except Exception as e:
                 msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
                 raise CalibrationError(

@@ -67,12 +67,17 @@ def sdpa_as_matmuls(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, sca
     return torch.matmul(torch.softmax(w, dim=-1), v)  # (B, nh, T, hs)
 
 
-def _dynamic_batch_shapes(model, inputs: Inputs):
+def export_args(inputs: Inputs, dynamic_batch: bool) -> tuple[Inputs, object]:
+    """(example inputs, dynamic_shapes) for torch.export, with dim 0 dynamic when asked."""
+    if not dynamic_batch:
+        return inputs, None
+    # torch.export specialises size-1 dims, so a dynamic batch is captured from an example of two.
+    inputs = inputs.map(lambda t: t.expand(2, *t.shape[1:]).clone() if t.dim() > 0 and t.shape[0] == 1 else t)
     batch = torch.export.Dim("batch", min=1, max=4096)
     dyn = lambda t: {0: batch} if isinstance(t, torch.Tensor) and t.dim() > 0 else None  # noqa: E731
     if inputs.kwargs and not inputs.args:
-        return {k: dyn(v) for k, v in inputs.kwargs.items()}
-    return tuple(dyn(a) for a in inputs.args) if not inputs.kwargs else None
+        return inputs, {k: dyn(v) for k, v in inputs.kwargs.items()}
+    return inputs, (tuple(dyn(a) for a in inputs.args) if not inputs.kwargs else None)
 
 
 def _user_frame(exc: BaseException) -> str:
@@ -85,10 +90,7 @@ def _user_frame(exc: BaseException) -> str:
 
 
 def export_model(model: torch.nn.Module, inputs: Inputs, dynamic_batch: bool = False) -> torch.export.ExportedProgram:
-    if dynamic_batch:
-        # torch.export specialises size-1 dims, so capture a dynamic batch with an example of two.
-        inputs = inputs.map(lambda t: t.expand(2, *t.shape[1:]).clone() if t.dim() > 0 and t.shape[0] == 1 else t)
-    dynamic_shapes = _dynamic_batch_shapes(model, inputs) if dynamic_batch else None
+    inputs, dynamic_shapes = export_args(inputs, dynamic_batch)
     try:
         ep = torch.export.export(model, inputs.args, inputs.kwargs, dynamic_shapes=dynamic_shapes, strict=False)
     except Exception as e:  # torch.export raises many types; all mean "cannot capture"

@@ -20,11 +20,11 @@ class AmaxObserver(torch.nn.Module):
         self.register_buffer("amax", torch.zeros(()), persistent=False)
         self.batches = 0
 
-    def _check(self, x: torch.Tensor) -> torch.Tensor:
+    def _abs(self, x: torch.Tensor) -> torch.Tensor:
         return x.detach().abs().float()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        a = self._check(x)
+        a = self._abs(x)
         if a.numel():
             self.amax = torch.maximum(self.amax.to(a.device), a.max())  # NaN propagates
         self.batches += 1
@@ -45,7 +45,7 @@ class PercentileObserver(AmaxObserver):
         self.top = 0.0  # upper edge of the histogram range
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        a = self._check(x)
+        a = self._abs(x)
         self.batches += 1
         if not a.numel():
             return x

@@ -121,13 +121,11 @@ def _save(model: onnx.ModelProto, path: Path) -> None:
     tmpdir = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
     try:
         tmp = tmpdir / path.name
+        onnx.save(model, tmp, save_as_external_data=external, all_tensors_to_one_file=True,
+                  location=path.name + ".data")
+        onnx.checker.check_model(str(tmp), full_check=True)
         if external:
-            onnx.save(model, tmp, save_as_external_data=True, all_tensors_to_one_file=True, location=path.name + ".data")
-            onnx.checker.check_model(str(tmp), full_check=True)
             os.replace(tmpdir / (path.name + ".data"), path.parent / (path.name + ".data"))
-        else:
-            onnx.save(model, tmp)
-            onnx.checker.check_model(str(tmp), full_check=True)
         os.replace(tmp, path)
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)

@@ -10,7 +10,7 @@ from torch.fx import GraphModule
 
 from . import calib_io
 from .calibrate import run_calibration
-from .capture import Inputs, _dynamic_batch_shapes, capture
+from .capture import Inputs, capture, export_args
 from .config import QuantConfig
 from .errors import CalibrationError, ConfigError
 from .insert import insert_observers, insert_qdq, remove_observers, weight_amax
@@ -96,9 +96,7 @@ class QuantizedModel(torch.nn.Module):
 
 
 def export_graph_module(gm: GraphModule, example: Inputs, dynamic_batch: bool) -> torch.export.ExportedProgram:
-    if dynamic_batch:
-        example = example.map(lambda t: t.expand(2, *t.shape[1:]).clone() if t.dim() and t.shape[0] == 1 else t)
-    shapes = _dynamic_batch_shapes(gm, example) if dynamic_batch else None
+    example, shapes = export_args(example, dynamic_batch)
     return torch.export.export(gm, example.args, example.kwargs, dynamic_shapes=shapes, strict=False)
 
 
