@@ -48,6 +48,8 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--attn", choices=["eager", "sdpa"], default="eager", help="attention implementation to load")
     q.add_argument("--opset", type=int, default=21, help="ONNX opset (>= 19; default 21)")
     q.add_argument("--static-batch", action="store_true", help="export a fixed batch size instead of a dynamic one")
+    q.add_argument("--dynamic-seq", action="store_true",
+                   help="text models: dynamic sequence length (TensorRT may not fuse FP8 attention then; see fxq check)")
     q.add_argument("--report", action="store_true", help="print the per-quantizer table")
     q.add_argument("--quiet", action="store_true", help="no progress bars")
     c = sub.add_parser("check", help="TensorRT FP8 readiness of any ONNX file", add_help=False)
@@ -133,7 +135,7 @@ def _quantize(args) -> int:
     t = time.perf_counter()
     example = batches[0] if batches else eval_batch
     qm = fxq.quantize(source.model, example, batches, config, calibration=args.load_calib,
-                      dynamic_batch=not args.static_batch, progress=not args.quiet)
+                      dynamic_batch=not args.static_batch, dynamic_seq=args.dynamic_seq, progress=not args.quiet)
     times["quantize+calibrate"] = time.perf_counter() - t
     if args.save_calib:
         qm.save_calibration(args.save_calib)
@@ -141,7 +143,7 @@ def _quantize(args) -> int:
 
     dtype = getattr(torch, DTYPES[args.dtype])
     result = qm.export_onnx(args.out, dtype=dtype, opset=args.opset)
-    times["export"] = result.seconds.get("capture", 0) + result.seconds["onnx_export"] + result.seconds["save"]
+    times["export"] = result.seconds.get("convert_dtype", 0) + result.seconds["onnx_export"] + result.seconds["save"]
     times["post-process"] = result.seconds.get("post_process", 0.0)
 
     t = time.perf_counter()
