@@ -86,7 +86,7 @@ class _Request:
 
 def _gemm_operands(node: Node):
     """(input, weight, K, N) for linear-like GEMMs with a parameter weight, else None."""
-    if node.target is aten.linear.default and state_name(node.args[1]) is not None:
+    if node.target is aten.linear.default:  # the weight may be computed from parameters (MHA's in_proj split)
         x, w = node.args[0], node.args[1]
         n, k = static_dim(w, 0), static_dim(w, 1)
     elif node.target is aten.addmm.default and state_name(node.args[2]) is not None:
