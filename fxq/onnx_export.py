@@ -157,10 +157,10 @@ def export_onnx(qm, path, dtype: torch.dtype = torch.float16, opset: int = DEFAU
     seconds["onnx_export"] = time.perf_counter() - t
     counts = {}
     if post_process:
-        from onnx_post.pipeline import run_pipeline
+        from onnx_post import pipeline
 
         t = time.perf_counter()
-        model, counts = run_pipeline(model)
+        model, counts = pipeline.run_pipeline(model)
         seconds["post_process"] = time.perf_counter() - t
     model.ir_version = IR_VERSION
     t = time.perf_counter()
