@@ -25,11 +25,14 @@ def scale_from_amax(amax: float) -> float:
 
 
 def round_scale(scale: float, dtype: torch.dtype) -> torch.Tensor:
-    """The scale as the exported graph stores it: a scalar of the graph's float dtype, never 0."""
+    """The scale as the exported graph stores it: a scalar of the graph's float dtype, normal and finite.
+
+    fxq/onnx_export.py writes exactly this value, so torch and ONNX numerics agree."""
     s = torch.tensor(scale, dtype=dtype)
-    if s.item() == 0.0 or not torch.isfinite(s):
-        # Too small (or large) for fp16: clamp into the dtype's normal range rather than emit 0/inf.
-        info = torch.finfo(dtype)
+    info = torch.finfo(dtype)
+    if abs(s.item()) < info.tiny or not torch.isfinite(s):
+        # Too small (or large) for the dtype: clamp into its normal range rather than emit 0, a
+        # subnormal (flushed to 0 by TensorRT kernels) or inf.
         s = torch.tensor(min(max(scale, info.tiny), info.max), dtype=dtype)
     return s
 
