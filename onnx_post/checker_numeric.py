@@ -32,6 +32,7 @@ NUMERIC_REASONS: dict[str, str] = {
 # A -inf elsewhere (an attention-mask fill value feeding Add/Where) is legitimate.
 _WEIGHT_READERS = {"MatMul", "Gemm", "Conv", "ConvTranspose", "QuantizeLinear", "LayerNormalization",
                    "BatchNormalization", "InstanceNormalization", "Einsum", "DequantizeLinear"}
+_QDQ = ("QuantizeLinear", "DequantizeLinear")
 _VIEWS = {"Transpose", "Reshape", "Cast", "Identity", "Squeeze", "Unsqueeze", "Flatten"}
 _TINY = {TensorProto.FLOAT16: float(np.finfo(np.float16).tiny), TensorProto.FLOAT: float(np.finfo(np.float32).tiny),
          TensorProto.BFLOAT16: float(np.finfo(np.float32).tiny), TensorProto.DOUBLE: float(np.finfo(np.float64).tiny)}
@@ -101,7 +102,7 @@ def _reads_as_weight(gi: GraphIndex, name: str) -> bool:
     while frontier:
         n = frontier.pop()
         for c in gi.consumers.get(n, []):
-            if c.op_type in _WEIGHT_READERS:
+            if c.op_type in _WEIGHT_READERS and (c.op_type not in _QDQ or c.input[0] == n):  # not a scale
                 return True
             if c.op_type in _VIEWS and c.output[0] not in seen:
                 seen.add(c.output[0])
@@ -109,9 +110,11 @@ def _reads_as_weight(gi: GraphIndex, name: str) -> bool:
     return False
 
 
-def check_initializers(gi: GraphIndex) -> list[NumericRow]:
+def check_initializers(gi: GraphIndex, skip: set[str] = frozenset()) -> list[NumericRow]:
     rows = []
     for name, t in gi.inits.items():
+        if name in skip:
+            continue
         if t.data_type == TensorProto.FLOAT8E4M3FN:
             nan = int(np.count_nonzero((_bits(t, gi.base_dir, np.uint8) & 0x7F) == 0x7F))
             if nan:
@@ -135,7 +138,7 @@ def check_initializers(gi: GraphIndex) -> list[NumericRow]:
 def check_scales(gi: GraphIndex) -> list[NumericRow]:
     rows = []
     for n in gi.nodes:
-        if n.op_type not in ("QuantizeLinear", "DequantizeLinear") or len(n.input) < 2:
+        if n.op_type not in _QDQ or len(n.input) < 2:
             continue
         s = gi.value(n.input[1])
         if s is None:
@@ -155,4 +158,5 @@ def check_scales(gi: GraphIndex) -> list[NumericRow]:
 
 
 def check_numeric(gi: GraphIndex) -> list[NumericRow]:
-    return check_scales(gi) + check_initializers(gi)
+    scales = {n.input[1] for n in gi.nodes if n.op_type in _QDQ and len(n.input) > 1}
+    return check_scales(gi) + check_initializers(gi, skip=scales)  # a bad scale is reported once, as a scale
