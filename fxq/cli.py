@@ -70,6 +70,9 @@ def _check_arguments(args) -> None:
     validate.output_path(args.out, "--out")
     if args.save_calib is not None:
         validate.output_path(args.save_calib, "--save-calib")
+        if args.save_calib.resolve() == args.out.resolve():
+            raise CliError(f"--save-calib and --out are the same file ({args.out}); the ONNX would overwrite the "
+                           "calibration; fix: give the calibration its own name, e.g. model.calib.json")
 
 
 def _calibration_items(args) -> list | None:

@@ -121,6 +121,11 @@ def test_cli_batch_size_zero(vit_folder, tmp_path, capsys):
               "--batch-size must be at least 1")
 
 
+def test_cli_save_calib_same_as_out(vit_folder, tmp_path, capsys):
+    cli_error(capsys, quantize_argv(vit_folder, tmp_path, "--calib-synthetic", "2", "--save-calib",
+                                    str(tmp_path / "out.onnx")), "--save-calib and --out are the same file")
+
+
 # -- CLI: config files ------------------------------------------------------------------------------
 @pytest.mark.parametrize("content,words", [
     ("[1, 2]", ["must be a JSON object", "got list"]),
@@ -231,6 +236,26 @@ def test_cli_garbage_safetensors(tmp_path, capsys):
     cli_error(capsys, quantize_argv(d, tmp_path, "--calib-synthetic", "2"), "not a complete safetensors file")
 
 
+def test_cli_model_folder_config_not_json(vit_folder, tmp_path, capsys):
+    import shutil
+
+    d = tmp_path / "model"
+    shutil.copytree(vit_folder, d)
+    (d / "config.json").write_text("{not json")
+    cli_error(capsys, quantize_argv(d, tmp_path, "--calib-synthetic", "2"), "config.json", "not a valid JSON file")
+
+
+def test_cli_nan_weights_in_model_folder(tmp_path, capsys):
+    d = tmp_path / "model"
+    model = transformers.ViTModel(transformers.ViTConfig(**TINY_VIT))
+    with torch.no_grad():
+        model.layers[0].attention.q_proj.weight[0, 0] = float("nan")
+    model.save_pretrained(d)
+    cli_error(capsys, quantize_argv(d, tmp_path, "--calib-synthetic", "2"),
+              "parameter 'layers.0.attention.q_proj.weight' holds 1 NaN")
+    assert not (tmp_path / "out.onnx").exists()
+
+
 def test_cli_folder_without_weights(tmp_path, capsys):
     d = tmp_path / "model"
     transformers.ViTConfig(**TINY_VIT).save_pretrained(d)
@@ -330,6 +355,11 @@ def test_api_export_opset_above_exporter(calibrated, tmp_path):
         calibrated.export_onnx(tmp_path / "m.onnx", opset=24)
     with pytest.raises(InputError, match="opset must be a whole number"):
         calibrated.export_onnx(tmp_path / "m.onnx", opset="21")
+
+
+def test_api_export_dtype_given_as_string(calibrated, tmp_path):
+    with pytest.raises(ValueError, match="dtype must be torch.float16, torch.bfloat16 or torch.float32"):
+        calibrated.export_onnx(tmp_path / "m.onnx", dtype="fp16")
 
 
 def test_api_export_path_parent_is_a_file(calibrated, tmp_path):
