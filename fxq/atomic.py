@@ -49,7 +49,7 @@ class _SignalGuard:
 
     def restore(self) -> None:
         for s, h in self.previous.items():
-            signal.signal(s, h)
+            signal.signal(s, signal.SIG_DFL if h is None else h)  # None: set outside Python; default is closest
         self.previous.clear()
 
 

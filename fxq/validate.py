@@ -170,11 +170,14 @@ def example_inputs(m, inputs) -> None:
     params = list(sig.parameters.values())
     kinds = {p.kind for p in params}
     names = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
-    if inspect.Parameter.VAR_KEYWORD not in kinds:
-        unknown = [k for k in inputs.kwargs if k not in names]
-        if unknown:
-            raise InputError(f"{type(m).__name__}.forward takes no keyword(s) {unknown}; it accepts "
-                             f"{names}; fix: rename or drop those example inputs")
+    # Hugging Face models end forward with **kwargs: TransformersKwargs (attention/output options, not
+    # tensors), so a tensor keyword that is not a named parameter is a wrong input there too.
+    hf_options = _is_hf_model(m)
+    unknown = [k for k, v in inputs.kwargs.items() if k not in names
+               and (inspect.Parameter.VAR_KEYWORD not in kinds or (hf_options and hasattr(v, "shape")))]
+    if unknown:
+        raise InputError(f"{type(m).__name__}.forward takes no keyword(s) {unknown}; it accepts "
+                         f"{names}; fix: rename or drop those example inputs")
     if inspect.Parameter.VAR_POSITIONAL not in kinds:
         positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
         if len(inputs.args) > len(positional):
@@ -184,6 +187,13 @@ def example_inputs(m, inputs) -> None:
         twice = sorted(taken & set(inputs.kwargs))
         if twice:
             raise InputError(f"example input(s) {twice} given both by position and by keyword; fix: give each once")
+
+
+def _is_hf_model(m) -> bool:
+    import sys
+
+    transformers = sys.modules.get("transformers")  # never import it just to ask
+    return transformers is not None and isinstance(m, transformers.PreTrainedModel)
 
 
 def seq_len(n: int, max_positions: Any = None) -> None:

@@ -317,6 +317,15 @@ def test_api_unknown_keyword_input():
         fxq.quantize(TinyAttention().eval(), {"pixel_values": torch.randn(2, 8, 64)}, [], progress=False)
 
 
+def test_api_unknown_tensor_keyword_to_hf_model():
+    """HF forwards end in **kwargs (attention options): a tensor keyword they do not name is still refused."""
+    m = transformers.ViTModel(transformers.ViTConfig(**TINY_VIT)).eval()
+    x = {"pixel_values": torch.randn(2, 3, 32, 32), "input_ids": torch.zeros(2, 4, dtype=torch.long)}
+    with pytest.raises(InputError, match=r"ViTModel.forward takes no keyword\(s\) \['input_ids'\]; it accepts "
+                                         r"\['pixel_values', "):
+        fxq.quantize(m, x, [x], progress=False)
+
+
 def test_api_too_many_positional_inputs():
     x = torch.randn(2, 8, 64)
     with pytest.raises(InputError, match=r"takes 2 positional input\(s\) \(\['x', 'mask'\]\), got 3"):
