@@ -49,7 +49,7 @@ def calibration_doc(doc: Any, where: str, version: int) -> dict:
     if not isinstance(doc, Mapping):
         raise CalibrationError(f"{where} is not an fxq calibration (a JSON object), got {type(doc).__name__}; "
                                "fix: write one with save_calibration or --save-calib")
-    if doc.get("version") != version or "amax" not in doc:
+    if type(doc.get("version")) is not int or doc["version"] != version or "amax" not in doc:
         raise CalibrationError(f"{where} is not an fxq v{version} calibration file (needs 'version': {version} "
                                "and 'amax'); fix: write one with save_calibration or --save-calib")
     batches = doc.get("batches", 0)
@@ -282,8 +282,10 @@ def safetensors_file(path: Path) -> None:
             header = json.loads(f.read(n))
         except (UnicodeDecodeError, json.JSONDecodeError):
             raise InputError(f"{bad} (unreadable header); {fix}") from None
-    ends = [t["data_offsets"][1] for k, t in header.items() if k != "__metadata__" and isinstance(t, dict)
-            and "data_offsets" in t]
+    try:
+        ends = [int(t["data_offsets"][1]) for k, t in header.items() if k != "__metadata__"]
+    except (AttributeError, KeyError, IndexError, TypeError, ValueError):  # not {name: {"data_offsets": [a, b]}}
+        raise InputError(f"{bad} (unexpected header layout); {fix}") from None
     need = 8 + n + max(ends, default=0)
     if size < need:
         raise InputError(f"{path} is truncated: {size} bytes, its header needs {need}; {fix}")

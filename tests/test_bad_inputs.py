@@ -229,10 +229,12 @@ def test_cli_truncated_safetensors(vit_folder, tmp_path, capsys):
               "download or save the model again")
 
 
-def test_cli_garbage_safetensors(tmp_path, capsys):
+@pytest.mark.parametrize("content", [b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all",
+                                     b"\x02\x00\x00\x00\x00\x00\x00\x00[]", b"\xff" * 8 + b"{}", b"abc"])
+def test_cli_garbage_safetensors(tmp_path, capsys, content):
     d = tmp_path / "model"
     transformers.ViTConfig(**TINY_VIT).save_pretrained(d)
-    (d / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all")
+    (d / "model.safetensors").write_bytes(content)
     cli_error(capsys, quantize_argv(d, tmp_path, "--calib-synthetic", "2"), "not a complete safetensors file")
 
 
@@ -285,6 +287,21 @@ def test_api_calibration_dict_refused_like_a_file(calibrated, value, words):
     key = next(k for k in calibrated.amax if k.endswith("linear.input"))
     with pytest.raises(CalibrationError, match=re.escape(f"amax for '{key}'") + ".*" + re.escape(words)):
         _quantize(TinyAttention().eval(), calib_data=None, calibration=_doc(calibrated, **{key: value}))
+
+
+def test_cli_and_api_give_the_same_error(vit_folder, tmp_path, capsys):
+    """One validation layer: the same bad file gives the very same message from the CLI and the API."""
+    p = calib_file(tmp_path, {"layer.0:linear.input": float("nan")})
+    with pytest.raises(CalibrationError) as api:
+        _quantize(calib_data=None, calibration=p)
+    err = cli_error(capsys, quantize_argv(vit_folder, tmp_path, "--load-calib", str(p)))
+    assert err.strip() == f"fxq quantize: error: {api.value}"
+    (tmp_path / "c.json").write_text("[]")
+    with pytest.raises(ConfigError) as api:
+        validate.config_file(tmp_path / "c.json")
+    err = cli_error(capsys, quantize_argv(vit_folder, tmp_path, "--calib-synthetic", "2", "--config",
+                                          str(tmp_path / "c.json")))
+    assert err.strip() == f"fxq quantize: error: {api.value}"
 
 
 def test_api_calibration_dict_needs_version(calibrated):
