@@ -299,8 +299,8 @@ def model_folder(path: Path) -> None:
         pickles = sorted(p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES and p.is_file())
         if pickles:
             raise InputError(f"{path} has pickle weights ({', '.join(pickles[:3])}) and no .safetensors; fxq never "
-                             "unpickles files (they can run code); fix: convert to safetensors, e.g. "
-                             "model.save_pretrained(folder, safe_serialization=True) in a trusted environment")
+                             "unpickles files (they can run code); fix: convert to safetensors: load the model where you trust "
+                             "the file and call model.save_pretrained(folder) (transformers 5 writes safetensors)")
         raise InputError(f"{path} has no model weights (*.safetensors); fix: save the model with save_pretrained")
     for f in safe:
         safetensors_file(f)
