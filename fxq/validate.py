@@ -92,6 +92,8 @@ def config_dict(d: Any) -> None:
     if not isinstance(d, Mapping):
         raise ConfigError(f"a config must be a JSON object (QuantConfig.to_dict format), got {type(d).__name__}; "
                           "fix: start from fxq.preset('tensorrt-fp8').to_dict()")
+    if "version" in d and type(d["version"]) is not int:
+        raise _type_error("version", "a whole number (1)", d["version"])
     roles = d.get("roles", {})
     if not isinstance(roles, Mapping):
         raise _type_error("roles", "an object mapping role names to specs", roles)

@@ -401,6 +401,7 @@ def test_api_export_path_parent_is_a_file(calibrated, tmp_path):
     ({"roles": []}, ConfigError, "'roles' must be an object"),
     ({"head_size_min": 1.5}, ConfigError, "'head_size_min' must be a whole number"),
     ({"min_gem_dim": 3}, ConfigError, "unknown config keys"),
+    ({"version": "1"}, ConfigError, "'version' must be a whole number"),
 ])
 def test_api_config_from_dict(doc, error, words):
     with pytest.raises(error, match=words):

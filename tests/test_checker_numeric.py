@@ -221,3 +221,20 @@ def test_verify_unrunnable_file_exit_2(tmp_path, capsys):
     assert main([str(p), "--verify"]) == 2
     err = capsys.readouterr().err
     assert "onnxruntime cannot load it" in err and len(err.strip().splitlines()) == 1
+
+
+def test_values_stored_as_typed_fields_not_raw_bytes():
+    """onnx.helper.make_tensor(raw=False) keeps FP8/FP16 bit patterns in int32_data: read those too."""
+    m = qdq_gemm()
+    w = [t for t in m.graph.initializer if t.name == "w"][0]
+    vals = np.full(64 * 32, 0.5, np.float32)
+    vals[:2] = np.nan
+    w.CopyFrom(helper.make_tensor("w", TensorProto.FLOAT8E4M3FN, [64, 32], vals.tolist()))
+    assert not w.raw_data and len(w.int32_data) == 64 * 32
+    assert reasons(m) == ["fp8_nan_code"]
+    m = qdq_gemm(extra_weight=np.ones((32, 16), np.float16))
+    w2 = [t for t in m.graph.initializer if t.name == "w2"][0]
+    vals = np.ones(32 * 16, np.float32)
+    vals[5] = np.inf
+    w2.CopyFrom(helper.make_tensor("w2", TensorProto.FLOAT16, [32, 16], vals.astype(np.float16).tolist()))
+    assert not w2.raw_data and reasons(m) == ["fp16_inf"]
