@@ -9,6 +9,7 @@ dtype), x / scale is done in float32, saturated to +-448 and rounded to nearest-
 from __future__ import annotations
 
 import functools
+import math
 
 import torch
 
@@ -19,7 +20,9 @@ FP8_DTYPE = torch.float8_e4m3fn
 def scale_from_amax(amax: float) -> float:
     """ONNX convention: x_fp8 = x / scale. An amax of 0 (a dead tensor) still gets a valid scale."""
     amax = float(amax)
-    if not amax > 0.0:
+    if math.isnan(amax) or amax < 0:  # fxq/validate.py refuses these upstream; never paper over them here
+        raise ValueError(f"amax must be >= 0 and not NaN, got {amax}")
+    if amax == 0.0:
         amax = 1.0
     return amax / FP8_MAX
 
