@@ -16,8 +16,8 @@ import torch
 from . import validate
 from .atomic import staging
 from .capture import as_dtype, capture
-from .ops import round_scale
 from .insert import QDQ, insert_qdq
+from .ops import round_scale
 from .placement import place
 
 MIN_OPSET = 19  # first opset with FLOAT8E4M3FN Q/DQ and fp16 scales
@@ -25,8 +25,6 @@ DEFAULT_OPSET = 21  # onnxruntime computes fp16 Q/DQ in fp32 up to 21, as fxq's 
 IR_VERSION = 10
 # protobuf cannot serialise 2 GiB; leave headroom for the graph itself.
 EXTERNAL_DATA_BYTES = 2**31 - 2**26
-
-
 _TORCH = {ir.DataType.FLOAT: torch.float32, ir.DataType.FLOAT16: torch.float16, ir.DataType.BFLOAT16: torch.bfloat16}
 
 
