@@ -161,8 +161,9 @@ def _no_kv_cache(model: torch.nn.Module, inputs: Inputs):
     if cfg is None or not getattr(cfg, "use_cache", False):
         yield
         return
-    warnings.warn(f"fxq: capturing {type(model).__name__} with use_cache=False (a KV cache cannot be exported)",
-                  stacklevel=4)
+    name = type(model).__name__
+    if getattr(cfg, "is_decoder", False) or "CausalLM" in name or "LMHead" in name:  # encoders never return one
+        warnings.warn(f"fxq: capturing {name} with use_cache=False (a KV cache cannot be exported)", stacklevel=4)
     cfg.use_cache = False
     try:
         yield

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Mapping
 
 from . import roles as R
+from .errors import ConfigError
 
 CALIBRATORS = ("max", "percentile")
 CONFIG_VERSION = 1
@@ -139,6 +140,9 @@ class QuantConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping) -> "QuantConfig":
+        from .validate import config_dict
+
+        config_dict(d)  # shape and types, a ConfigError naming the field (fxq/validate.py)
         d = dict(d)
         version = d.pop("version", CONFIG_VERSION)
         if version != CONFIG_VERSION:
@@ -154,7 +158,7 @@ class QuantConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - known
         if unknown:
-            raise ValueError(f"unknown config keys {sorted(unknown)}; known keys: {sorted(known | {'version'})}")
+            raise ConfigError(f"unknown config keys {sorted(unknown)}; known keys: {sorted(known | {'version'})}")
         base = {R.field_name(r): spec(s) for r, s in roles.items()}
         return cls(roles=RoleSpecs(**base), overrides=overrides, **d)
 
