@@ -5,7 +5,8 @@ it fired (kept in `LoweredModel.stats`):
 
 1. `fuse_attention`: BMM1 -> [scale, mask, casts] -> softmax -> [casts, dropout, probs Q/DQ] -> BMM2
    becomes one `scaled_dot_product_attention` (flash / cuDNN on a GPU). Q already carries the
-   attention scale (placement moved it there), so SDPA gets scale=1.0. Provably zero additive masks
+   attention scale (placement moved it there), so SDPA gets scale=1.0 (when Q's Q/DQ is dropped, the
+   default, that multiply is folded into SDPA's scale instead). Provably zero additive masks
    (transformers 5.x ViT builds one) are dropped; real masks are kept. The softmax output is NOT
    quantized here (SDPA keeps probs in FP16); TensorRT's graph quantizes it at 1/448.
 2. `lower_gemms`: a GEMM whose input and weight both carry an FP8 quantizer becomes
@@ -49,8 +50,9 @@ class LowerError(FxqError, ValueError):
 def quantize_fp8(x: torch.Tensor, inv_scale: torch.Tensor) -> torch.Tensor:
     """x / scale, saturated, rounded to E4M3: the QuantizeLinear half of fxq.fp8_qdq.
 
-    A multiply by the fp32 reciprocal, not a divide: IEEE fp32 division made the fused GELU+quantize
-    kernel compute-bound on the H200. It can move a value sitting exactly on a rounding boundary by one code.
+    A multiply by the fp32 reciprocal, not a divide: cheaper inside the fused kernels (GELU + quantize went
+    from 281 to 270 us per call at ViT-base batch 256 on an H200). It can move a value that sits exactly on
+    a rounding boundary by one code.
     """
     return torch.clamp(x.float() * inv_scale, -ops.FP8_MAX, ops.FP8_MAX).to(ops.FP8_DTYPE)
 
