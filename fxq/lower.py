@@ -150,7 +150,8 @@ def _weight_fp8(gm: GraphModule, node, dtype: torch.dtype) -> tuple[torch.Tensor
     """(FP8 codes shaped like the stored weight, scale) for a quantized GEMM weight, else None.
 
     Today's form: get_attr(W fp32) -> fxq.fp8_qdq(W, scale). The codes are what QuantizeLinear
-    makes of W with the scale rounded to `dtype` (as the ONNX graph stores it).
+    makes of W with the scale rounded to `dtype` (as the ONNX graph stores it). The coming form,
+    get_attr(W_fp8) -> fp8_dequant(W_fp8, scale, dtype), adds one branch here: its codes as they are.
     """
     if not _is_qdq(node) or not isinstance(node.args[0], Node) or node.args[0].op != "get_attr":
         return None
@@ -168,7 +169,7 @@ def _gemm(node: Node):
     if node.target is aten.addmm.default and len(node.args) == 3 and not node.kwargs:
         return node.args[1], node.args[2], node.args[0], False  # HF Conv1D: addmm(bias, x, W[K, N])
     if node.target in (aten.matmul.default, aten.mm.default) and isinstance(node.args[1], Node):
-        w = node.args[1].args[0] if _is_qdq(node.args[1]) else node.args[1]
+        w = node.args[1].args[0] if node.args[1].op == "call_function" and node.args[1].args else node.args[1]
         if isinstance(w, Node) and w.op == "get_attr":
             return node.args[0], node.args[1], None, False  # x @ W[K, N]
     return None
@@ -480,7 +481,8 @@ def cast_graph(gm: GraphModule, dtype: torch.dtype, device: torch.device | None 
     info = torch.finfo(dtype)
     for target in dict.fromkeys(n.target for n in gm.graph.find_nodes(op="get_attr")):
         t = _attr(gm, target)
-        if isinstance(t, torch.Tensor) and t.is_floating_point() and t.dtype != dtype and not target.startswith("fxq_"):
+        if isinstance(t, torch.Tensor) and t.dtype in _WIDE_FLOATS + DTYPES and t.dtype != dtype \
+                and not target.startswith("fxq_"):  # FP8 codes and fxq's fp32 scales stay as they are
             _set_attr(gm, target, t.detach().clamp(info.min, info.max).to(dtype))
     g = gm.graph
     for ph in list(g.find_nodes(op="placeholder")):
