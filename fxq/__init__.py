@@ -6,6 +6,7 @@ from .capture import capture
 from .config import Override, QuantConfig, RoleSpecs, TensorSpec, preset
 from .errors import CalibrationError, CaptureError, ConfigError, FxqError, InputError
 from .quantize import QuantizedModel, quantize
+from .lower import LoweredModel, LowerError, lower  # noqa: F401  (lead: add to __all__ at merge)
 
 __all__ = ["quantize", "capture", "QuantizedModel", "QuantConfig", "RoleSpecs", "TensorSpec", "Override", "preset", "roles",
            "FxqError", "CaptureError", "CalibrationError", "ConfigError", "InputError"]
