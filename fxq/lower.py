@@ -34,6 +34,7 @@ from .errors import FxqError
 from .graph_utils import aten, constant_scalar
 
 QDQ = torch.ops.fxq.fp8_qdq.default
+DEQUANT = torch.ops.fxq.fp8_dequant.default
 DTYPES = (torch.float16, torch.bfloat16)
 GEMM_MULTIPLE = 16  # cuBLASLt FP8: K and N must be multiples of 16
 _WIDE_FLOATS = (torch.float32, torch.float64)
@@ -149,11 +150,17 @@ def _is_qdq(node) -> bool:
 def _weight_fp8(gm: GraphModule, node, dtype: torch.dtype) -> tuple[torch.Tensor, float] | None:
     """(FP8 codes shaped like the stored weight, scale) for a quantized GEMM weight, else None.
 
-    Today's form: get_attr(W fp32) -> fxq.fp8_qdq(W, scale). The codes are what QuantizeLinear
-    makes of W with the scale rounded to `dtype` (as the ONNX graph stores it). The coming form,
-    get_attr(W_fp8) -> fp8_dequant(W_fp8, scale, dtype), adds one branch here: its codes as they are.
+    fxq.quantize holds GEMM weights as FP8 codes: get_attr(W_fp8) -> fp8_dequant(W_fp8, scale, dtype),
+    taken as they are. A weight fake-quantized in float (a PT2E graph, or one computed from
+    parameters: get_attr(W) -> fp8_qdq(W, scale)) gets the codes QuantizeLinear makes of W with the
+    scale rounded to `dtype`, as the ONNX graph stores it.
     """
-    if not _is_qdq(node) or not isinstance(node.args[0], Node) or node.args[0].op != "get_attr":
+    if not isinstance(node, Node) or node.op != "call_function" or not isinstance(node.args[0], Node) \
+            or node.args[0].op != "get_attr":
+        return None
+    if node.target is DEQUANT:
+        return _attr(gm, node.args[0].target).detach(), float(node.args[1])
+    if node.target is not QDQ:
         return None
     w, scale = _attr(gm, node.args[0].target).detach(), float(node.args[1])
     inv = (1.0 / ops.round_scale(scale, dtype).double()).float().to(w.device)
@@ -434,8 +441,16 @@ def decompose_qdq(gm: GraphModule, dtype: torch.dtype, buffers: _Buffers) -> int
         new.meta.update(n.meta)
         n.replace_all_uses_with(new)
         g.erase_node(n)
+    # FP8 weights of GEMMs left in float: dequantized once here, not on every forward.
+    weights = [n for n in g.find_nodes(op="call_function", target=DEQUANT) if n.args[0].op == "get_attr"]
+    for n in weights:
+        w = ops.fp8_dequant(_attr(gm, n.args[0].target).detach(), float(n.args[1]), dtype)
+        new = buffers.add(w, n, "weight")
+        new.meta.update(n.meta)
+        n.replace_all_uses_with(new)
+        g.erase_node(n)
     gm.recompile()
-    return len(nodes)
+    return len(nodes) + len(weights)
 
 
 # ---- pass 4: the graph in fp16/bf16 ----
