@@ -18,6 +18,7 @@ from .calibrate import run_calibration
 from .capture import Inputs, capture_program, dynamic_shapes_from_json
 from .config import QuantConfig
 from .errors import CalibrationError, ConfigError
+from .memory import release_free_memory
 from .insert import insert_observers, insert_qdq, own_state, quantize_weights, remove_observers, weight_amax
 from .placement import Placement, place
 from .report import Report
@@ -147,6 +148,7 @@ def quantize(
         batches = run_calibration(ep.module(), observers, calib_data, example, progress)
         remove_observers(gm)
         amax = {k: o.result() for k, o in observers.items()}
+    release_free_memory()  # the calibration activations: otherwise they add to the export's peak
     seconds["calibrate"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -154,5 +156,6 @@ def quantize(
     insert_qdq(gm, placement, amax)
     quantize_weights(ep, placement, amax)
     own_state(ep)
+    release_free_memory()
     seconds["convert"] = time.perf_counter() - t
     return QuantizedModel(ep, placement, amax, cfg, example, type(model).__name__, batches, seconds)
