@@ -15,6 +15,8 @@ from typing import Mapping
 from . import roles as R
 
 CALIBRATORS = ("max", "percentile")
+WEIGHT_ROUNDINGS = ("nearest", "gptq")  # how FP8 weight codes are chosen (fxq/weight_rounding.py)
+WEIGHT_AXES = (None, 0)  # None: one scale per weight; 0: one per output channel
 CONFIG_VERSION = 1
 
 
@@ -93,9 +95,19 @@ class QuantConfig:
     head_size_min: int = 16
     head_size_max: int = 256
     head_size_multiple: int = 8
+    # FP8 weight codes: "nearest" rounds each weight alone; "gptq" compensates rounding error across a
+    # GEMM's inputs using the calibration activations (same scale, smaller output error).
+    weight_rounding: str = "nearest"
+    # None: one scale per weight tensor; 0: one per output channel (TensorRT >= 10.6 on Hopper).
+    weight_axis: int | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "overrides", tuple(self.overrides))
+        if self.weight_rounding not in WEIGHT_ROUNDINGS:
+            raise ValueError(f"QuantConfig.weight_rounding must be one of {WEIGHT_ROUNDINGS}, got {self.weight_rounding!r}")
+        if self.weight_axis not in WEIGHT_AXES or isinstance(self.weight_axis, bool):
+            raise ValueError(f"QuantConfig.weight_axis must be None (per-tensor) or 0 (per output channel), "
+                             f"got {self.weight_axis!r}")
         for o in self.overrides:
             if not isinstance(o, Override):
                 raise TypeError(f"QuantConfig.overrides must hold Override objects, got {type(o).__name__}")
@@ -122,7 +134,8 @@ class QuantConfig:
                 {"module": o.module, "regex": o.regex, "roles": {r: spec(s) for r, s in o.roles.items()}}
                 for o in self.overrides
             ],
-            **{k: getattr(self, k) for k in ("min_gemm_dim", "head_size_min", "head_size_max", "head_size_multiple")},
+            **{k: getattr(self, k) for k in ("min_gemm_dim", "head_size_min", "head_size_max", "head_size_multiple",
+                                             "weight_rounding", "weight_axis")},
         }
 
     @classmethod
