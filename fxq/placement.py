@@ -14,7 +14,7 @@ from torch.fx import GraphModule, Node
 from . import roles as R
 from .attention import find_attention_blocks, move_scale_to_q, move_views_before_softmax
 from .config import QuantConfig, TensorSpec
-from .graph_utils import aten, module_path, static_dim
+from .graph_utils import aten, module_path, shape_of, state_name, static_dim
 
 LAYER_NORMS = {aten.layer_norm.default, aten.native_layer_norm.default}
 
@@ -49,6 +49,8 @@ class Skip:
 SKIP_REASONS = {
     "small_gemm": "GEMM with K or N below config.min_gemm_dim: FP8 gains nothing on it in TensorRT",
     "head_size_out_of_window": "attention head size outside TensorRT's FP8 MHA window (16..256, multiple of 8)",
+    "gemv": "GEMM whose rows are only the batch (a pooler, a classifier on one token, a timestep embedding): "
+    "FP8 gains nothing on a matrix-vector product and its Q/DQ cost time (config.skip_gemv)",
     "disabled_by_config": "the config sets this role to None for this module",
     "probs_without_qkv": "softmax output left in float because Q, K or V is not quantized "
     "(a lone softmax Q/DQ blocks TensorRT's attention fusion)",
@@ -84,19 +86,25 @@ class _Request:
 
 def _gemm_operands(node: Node):
     """(input, weight, K, N) for linear-like GEMMs with a parameter weight, else None."""
-    if node.target is aten.linear.default:
+    if node.target is aten.linear.default and state_name(node.args[1]) is not None:
         x, w = node.args[0], node.args[1]
         n, k = static_dim(w, 0), static_dim(w, 1)
-    elif node.target is aten.addmm.default and isinstance(node.args[2], Node) and node.args[2].op == "get_attr":
+    elif node.target is aten.addmm.default and state_name(node.args[2]) is not None:
         x, w = node.args[1], node.args[2]  # HF Conv1D: addmm(bias, x, W[in, out])
         k, n = static_dim(w, 0), static_dim(w, 1)
-    elif node.target in (aten.matmul.default, aten.mm.default) and isinstance(node.args[1], Node) \
-            and node.args[1].op == "get_attr" and len(node.args[1].meta["val"].shape) == 2:
+    elif node.target in (aten.matmul.default, aten.mm.default) and state_name(node.args[1]) is not None \
+            and len(node.args[1].meta["val"].shape) == 2:
         x, w = node.args[0], node.args[1]  # x @ W[in, out]
         k, n = static_dim(w, 0), static_dim(w, 1)
     else:
         return None
     return x, w, k, n
+
+
+def _is_gemv(x: Node) -> bool:
+    """Rows of the GEMM = the batch alone: every dim of x but dim 0 (batch) and the last (K) is 1."""
+    shape = shape_of(x)
+    return shape is not None and len(shape) >= 2 and all(isinstance(d, int) and d == 1 for d in shape[1:-1])
 
 
 def _head_size_ok(hs: int | None, cfg: QuantConfig) -> bool:
@@ -105,14 +113,19 @@ def _head_size_ok(hs: int | None, cfg: QuantConfig) -> bool:
 
 def _requests(gm: GraphModule, cfg: QuantConfig, out: Placement) -> list[_Request]:
     reqs: list[_Request] = []
-    for node in gm.graph.nodes:
-        if node.op != "call_function" or (ops := _gemm_operands(node)) is None:
-            continue
+    gemms = [(node, ops) for node in gm.graph.nodes if node.op == "call_function" and (ops := _gemm_operands(node))]
+    # Batch-only rows are GEMV-shaped next to token GEMMs (a transformer's pooler or head); in a
+    # plain MLP on [batch, features] every GEMM has them, and those are the model's real GEMMs.
+    has_token_gemms = any(not _is_gemv(ops[0]) for _, ops in gemms)
+    for node, ops in gemms:
         x, w, k, n = ops
         out.gemms += 1
         mod = module_path(node)
         if k is None or n is None or k < cfg.min_gemm_dim or n < cfg.min_gemm_dim:
             out.skips.append(Skip(mod, "gemm", "small_gemm", f"K={k} N={n} < {cfg.min_gemm_dim}"))
+            continue
+        if cfg.skip_gemv and has_token_gemms and _is_gemv(x):
+            out.skips.append(Skip(mod, "gemm", "gemv", f"input shape {list(shape_of(x))}"))
             continue
         reqs += [_Request(x, node, R.LINEAR_INPUT, mod), _Request(w, node, R.LINEAR_WEIGHT, mod)]
 
@@ -159,5 +172,5 @@ def place(gm: GraphModule, config: QuantConfig | None = None) -> Placement:
         key = base if seen[base] == 1 else f"{base}#{seen[base] - 1}"
         consumers = tuple(dict.fromkeys(r.consumer.name for r in reqs))
         out.sites.append(Site(key, first.role, first.module, producer.name, consumers,
-                              cfg.spec_for(first.module, first.role), producer.op == "get_attr"))
+                              cfg.spec_for(first.module, first.role), state_name(producer) is not None))
     return out
