@@ -2,8 +2,9 @@
 
 GPTQ rounding (fxq/weight_rounding.py) needs, per GEMM weight, the Hessian of its input. One
 observer sits on each distinct GEMM input tensor, so a LayerNorm output read by Q, K and V is
-accumulated once and serves all three. The observers are side nodes (their output is unused):
-they read the float activation and leave the amax observers' wiring alone.
+accumulated once and serves all three. An observer passes its input through to the GEMMs (a node
+nobody reads would be dropped when the program is run); insert it after the amax observers, so it
+sits between them and the GEMMs and leaves their wiring alone.
 """
 from __future__ import annotations
 
@@ -77,6 +78,7 @@ def insert_hessian_observers(gm: GraphModule, placement: Placement) -> dict[str,
     """
     nodes = {n.name: n for n in gm.graph.nodes}
     by_input: dict[str, HessianObserver] = {}
+    new: dict[str, Node] = {}
     out: dict[str, list[HessianObserver]] = {}
     for key, readers in weight_readers(gm, placement).items():
         for r in readers:
@@ -86,19 +88,30 @@ def insert_hessian_observers(gm: GraphModule, placement: Placement) -> dict[str,
                 by_input[r.input] = HessianObserver(r.input)
                 gm.add_submodule(name, by_input[r.input])
                 with gm.graph.inserting_after(src):
-                    node = gm.graph.call_module(name, (src,))
-                copy_module_stack(node, nodes[r.gemm])
+                    new[r.input] = gm.graph.call_module(name, (src,))
+                new[r.input].meta["val"] = src.meta.get("val")
+                copy_module_stack(new[r.input], nodes[r.gemm])
+            nodes[r.gemm].replace_input_with(nodes[r.input], new[r.input])
             out.setdefault(key, []).append(by_input[r.input])
     gm.recompile()
     return out
 
 
-def weight_hessians(observers: dict[str, list[HessianObserver]]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """Weight site key -> (H [K, K] float64, mean x [K]), summed over the GEMMs that share the weight."""
+@dataclass(frozen=True)
+class InputStats:
+    """What the calibration tokens of one weight's GEMM input(s) saw: H = X^T X, mean x, token count."""
+
+    hessian: torch.Tensor  # [K, K] float64
+    mean: torch.Tensor  # [K] float64
+    tokens: int
+
+
+def weight_hessians(observers: dict[str, list[HessianObserver]]) -> dict[str, InputStats]:
+    """Weight site key -> InputStats summed over the GEMMs that share the weight (tied weights)."""
     out = {}
     for key, obs in observers.items():
         obs = list({id(o): o for o in obs if o.hessian is not None}.values())
         if obs:
             tokens = sum(o.tokens for o in obs)
-            out[key] = (sum(o.hessian for o in obs), sum(o.total for o in obs) / max(tokens, 1))
+            out[key] = InputStats(sum(o.hessian for o in obs), sum(o.total for o in obs) / max(tokens, 1), tokens)
     return out
