@@ -23,10 +23,12 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import fxq  # noqa: E402
 from fxq import weight_rounding as wr, zoo  # noqa: E402
-from fxq.capture import Inputs, capture  # noqa: E402
+from fxq.capture import Inputs, capture_program  # noqa: E402
 from fxq.calibrate import run_calibration  # noqa: E402
+from fxq.graph_utils import state_name  # noqa: E402
 from fxq.hessian import insert_hessian_observers, weight_hessians, weight_readers  # noqa: E402
-from fxq.insert import _get_attr, remove_observers  # noqa: E402
+from fxq.insert import remove_observers, state_tensors  # noqa: E402
+from fxq.weight_codes import GPTQ_OPTIONS, channel_scale  # noqa: E402
 from fxq.placement import place  # noqa: E402
 from fxq.verify import first_output  # noqa: E402
 
@@ -87,20 +89,23 @@ TASKS = {"dinov2": dinov2_task, "minilm": minilm_task}
 def collect_hessians(model, calib, held_out):
     """Capture once; Hessians of every FP8-weight GEMM input on calib and on held-out batches."""
     example = Inputs.of({k: v[:2] for k, v in calib[0].items()})
-    gm = capture(model, example, True)
+    ep = capture_program(model, example, True, False, None)
+    gm = ep.graph_module
     placement = place(gm)
+    readers = weight_readers(gm, placement)
     out = []
     for batches in (calib, held_out):
         obs = insert_hessian_observers(gm, placement)
-        run_calibration(gm, {}, batches, example, progress=False)
+        run_calibration(ep.module(), {}, batches, example, progress=False)
         remove_observers(gm)
         out.append(weight_hessians(obs))
     nodes = {n.name: n for n in gm.graph.nodes}
+    tensors = state_tensors(ep)
     weights = {}
     for site in placement.sites:
         if site.is_weight:
-            w = _get_attr(gm, nodes[site.node].target).detach().float()
-            weights[site.key] = w.T if weight_readers(gm, placement)[site.key][0].transposed else w
+            w = tensors[state_name(nodes[site.node])].detach().float()
+            weights[site.key] = w.T if readers[site.key][0].transposed else w
     return weights, out[0], out[1]
 
 
@@ -119,10 +124,13 @@ def gemm_sqnr(weights, cal, held):
     for key, w in weights.items():
         if key not in cal or key not in held:
             continue
-        rows[key] = {}
+        rows[key], cache = {}, {}
         for name, (rounding, axis, act, bc) in VARIANTS.items():
-            s = wr.weight_scale(w, axis)
-            codes = wr.gptq_fp8(w, cal[key].hessian, s, act_order=act) if rounding == "gptq" else wr.round_nearest(w, s)
+            s = wr.weight_scale(w) if axis is None else channel_scale(w)  # the scales fxq.quantize uses
+            if (rounding, axis, act) not in cache:  # bias correction reuses the codes without it
+                cache[rounding, axis, act] = (wr.gptq_fp8(w, cal[key].hessian, s, act_order=act) if rounding == "gptq"
+                                              else wr.round_nearest(w, s))
+            codes = cache[rounding, axis, act]
             dw = w.double() - wr.dequantize(codes, s).double()
             c = dw @ cal[key].mean if bc else None  # bias shift fitted on the calibration tokens
             res = []

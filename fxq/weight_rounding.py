@@ -13,6 +13,8 @@ uniform, but the algorithm only needs "round this value to the grid", so it carr
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 FP8_MAX = 448.0  # largest finite float8_e4m3fn
@@ -71,17 +73,31 @@ def output_error(w: torch.Tensor, w_q: torch.Tensor, hessian: torch.Tensor) -> t
     return ((dw @ hessian.double()) * dw).sum(dim=1)
 
 
+@contextlib.contextmanager
+def _one_thread():
+    """The column loop runs thousands of tiny ops: on a busy CPU, intra-op threads wait on each other
+    (15x slower with 2 threads on 2 shared cores, measured). GPUs are unaffected."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def _inverse_hessian_cholesky(h: torch.Tensor, damp: float) -> torch.Tensor | None:
-    """Upper Cholesky factor of (H + damp * mean(diag H) * I)^-1, with more damping if H is singular."""
+    """Upper Cholesky factor U of (H + damp * mean(diag H) * I)^-1 (U^T U = H^-1), more damping if needed.
+
+    With J the reversal permutation and J H J = L L^T, U = J L^-1 J: one Cholesky and one triangular
+    inverse (about 3x less work than inverting H and factoring the inverse).
+    """
     k = h.shape[0]
     eye = torch.eye(k, dtype=h.dtype, device=h.device)
     base = float(torch.diagonal(h).mean())
     for extra in (1.0, 10.0, 100.0):
-        try:
-            lower = torch.linalg.cholesky(h + damp * extra * base * eye)
-            return torch.linalg.cholesky(torch.cholesky_inverse(lower), upper=True)
-        except torch.linalg.LinAlgError:
-            continue
+        lower, info = torch.linalg.cholesky_ex((h + damp * extra * base * eye).flip(0, 1))
+        if int(info) == 0:
+            return torch.linalg.solve_triangular(lower, eye, upper=False).flip(0, 1)
     return None
 
 
@@ -130,25 +146,26 @@ def gptq_fp8(
     hinv = hinv.float()
 
     # Work in code units (W / s): the error feedback is linear, so per-row scales just rescale rows.
-    work = (w.detach().float() / s).clone()  # [N, K]
+    # Transposed, [K, N]: input column j of W is row j, contiguous, and updates are in-place BLAS calls.
+    work = (w.detach().float() / s).T.contiguous()
     if perm is not None:
-        work = work[:, perm]
-    codes = torch.empty((n, k), dtype=FP8_DTYPE, device=w.device)
-    for i1 in range(0, k, block_size):
-        i2 = min(i1 + block_size, k)
-        block = work[:, i1:i2].clone()
-        err = torch.zeros_like(block)
-        hb = hinv[i1:i2, i1:i2]
-        for j in range(i2 - i1):
-            col = block[:, j]
-            q = to_fp8(col)
-            codes[:, i1 + j] = q
-            e = (col - q.float()) / hb[j, j]
-            block[:, j:] -= e[:, None] * hb[j, j:][None, :]
-            err[:, j] = e
-        work[:, i2:] -= err @ hinv[i1:i2, i2:]  # lazy update of the columns after this block
+        work = work[perm]
+    codes = torch.empty((k, n), dtype=FP8_DTYPE, device=w.device)
+    with _one_thread():
+        for i1 in range(0, k, block_size):
+            i2 = min(i1 + block_size, k)
+            block = work[i1:i2]  # a view: updated in place
+            err = torch.empty_like(block)
+            hb = hinv[i1:i2, i1:i2]
+            for j in range(i2 - i1):
+                q = to_fp8(block[j])
+                codes[i1 + j] = q
+                torch.div(block[j] - q.float(), hb[j, j], out=err[j])
+                block[j + 1:].addr_(hb[j, j + 1:], err[j], alpha=-1.0)  # spread the error over later columns
+            work[i2:].addmm_(hinv[i1:i2, i2:].T, err, alpha=-1.0)  # lazy update of the columns after this block
     if perm is not None:
-        codes = codes[:, torch.argsort(perm)]
+        codes = codes[torch.argsort(perm)]
+    codes = codes.T.contiguous()
 
     w64 = w.detach()
     better = output_error(w64, dequantize(codes, scale), h) <= output_error(w64, dequantize(nearest, scale), h)

@@ -244,6 +244,7 @@ def test_reasons_legend_covers_every_code():
              "softmax_scale_not_1_448", "scale_after_bmm1", "cast_in_block",
              "head_size_out_of_window", "head_size_unknown", "dynamic_seq_len",
              "output_not_quantized"}
+    codes |= {"gemv", "weight_scale_not_per_channel"}  # GEMV skip (lead), per-channel weight axis (c8b)
     assert set(REASONS) == codes and all(REASONS.values())
 
 
