@@ -197,7 +197,8 @@ def main(argv=None) -> None:
                 f"Same weights, {args.n_eval} held-out samples:", "", *_table(rows, 1), ""]
         if not args.no_end_model:
             res = end_model(model, calib, held, feats)
-            doc += ["Whole model (all roles FP8, torch fake-quant), feature cosine vs FP32 on the held-out samples:", "",
+            doc += ["Whole model (all roles FP8, torch fake-quant), feature cosine vs FP32 on the held-out samples "
+                    f"(fxq.quantize; its GPTQ options: {GPTQ_OPTIONS}):", "",
                     "| config | mean cosine | min cosine | 1 - mean | quantize s |", "|---|---:|---:|---:|---:|"]
             doc += [f"| {n} | {m:.5f} | {lo:.5f} | {1 - m:.5f} | {s:.1f} |" for n, (m, lo, s) in res.items()]
             doc.append("")
