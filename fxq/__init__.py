@@ -4,9 +4,11 @@ from . import verify  # noqa: F401
 from . import roles
 from .capture import capture
 from .config import Override, QuantConfig, RoleSpecs, TensorSpec, preset
-from .errors import CalibrationError, CaptureError, ConfigError, FxqError
+from .errors import CalibrationError, CaptureError, ConfigError, FxqError, InputError
 from .quantize import QuantizedModel, quantize
+from .lower import LoweredModel, LowerError, lower
 
 __all__ = ["quantize", "capture", "QuantizedModel", "QuantConfig", "RoleSpecs", "TensorSpec", "Override", "preset", "roles",
-           "FxqError", "CaptureError", "CalibrationError", "ConfigError"]
+           "FxqError", "CaptureError", "CalibrationError", "ConfigError", "InputError",
+           "lower", "LoweredModel", "LowerError"]
 __version__ = "0.1.0"

@@ -103,7 +103,7 @@ def _add_buffer(ep: torch.export.ExportedProgram, after: Node, target: str, valu
     """A new lifted buffer `target` (placeholder + signature entry), placed right after `after`."""
     specs = ep.graph_signature.input_specs
     with ep.graph.inserting_after(after):
-        node = ep.graph.placeholder(target.replace(".", "_"))
+        node = ep.graph.placeholder("b_" + target.replace(".", "_"))  # torch names lifted buffers b_*
     with after.meta["val"].fake_mode:  # static shape: no new symbols for export's guards
         node.meta["val"] = torch.empty(value.shape, dtype=value.dtype, device=value.device)
     node.meta["fxq_state"] = target

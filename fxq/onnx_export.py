@@ -3,9 +3,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import shutil
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -16,17 +13,16 @@ import onnx
 import onnx_ir as ir
 import torch
 
-from . import ops
+from . import ops, validate
+from .atomic import staging
 from .graph_dtype import program_in_dtype
 from .insert import DEQUANT, DEQUANT_AXIS, QDQ
 
-MIN_OPSET = 19  # first opset with FLOAT8E4M3FN Q/DQ and fp16 scales
 DEFAULT_OPSET = 21  # onnxruntime computes fp16 Q/DQ in fp32 up to 21, as fxq's torch op does
 IR_VERSION = 10
-_TORCH_DTYPE = {ir.DataType.FLOAT: torch.float32, ir.DataType.FLOAT16: torch.float16,
-               ir.DataType.BFLOAT16: torch.bfloat16}
 # protobuf cannot serialise 2 GiB; leave headroom for the graph itself.
 EXTERNAL_DATA_BYTES = 2**31 - 2**26
+_TORCH = {ir.DataType.FLOAT: torch.float32, ir.DataType.FLOAT16: torch.float16, ir.DataType.BFLOAT16: torch.bfloat16}
 
 
 def _scale_constant(opset, scale: float, dtype: torch.dtype):
@@ -42,13 +38,13 @@ def _translations(opset) -> dict:
     """fxq's two ops as ONNX: fp8_qdq -> QuantizeLinear + DequantizeLinear, fp8_dequant -> DequantizeLinear."""
 
     def fp8_qdq(x, scale: float):
-        s = _scale_constant(opset, scale, _TORCH_DTYPE[x.dtype])
+        s = _scale_constant(opset, scale, _TORCH[x.dtype])
         zero = _zero_fp8(opset)
         return opset.DequantizeLinear(opset.QuantizeLinear(x, s, zero), s, zero)
 
     def fp8_dequant(codes, scale: float, dtype: int):
         # dtype arrives as an ONNX data type number; the scale's dtype sets DequantizeLinear's output dtype.
-        return opset.DequantizeLinear(codes, _scale_constant(opset, scale, _TORCH_DTYPE[ir.DataType(dtype)]),
+        return opset.DequantizeLinear(codes, _scale_constant(opset, scale, _TORCH[ir.DataType(dtype)]),
                                       _zero_fp8(opset))
 
     def fp8_dequant_axis(codes, scale, axis: int, dtype: int):
@@ -124,17 +120,11 @@ def _save(model: onnx.ModelProto, path: Path) -> None:
     """Write next to the target, then rename: the target is never a half-written file."""
     # Sum tensor bytes rather than ByteSize(): the latter fails on protos past 2 GiB.
     external = sum(len(t.raw_data) for t in model.graph.initializer) > EXTERNAL_DATA_BYTES
-    tmpdir = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
-    try:
+    with staging(path, companions=[path.name + ".data"]) as tmpdir:  # fxq/atomic.py: signal-safe rename
         tmp = tmpdir / path.name
         onnx.save(model, tmp, save_as_external_data=external, all_tensors_to_one_file=True,
                   location=path.name + ".data")
         onnx.checker.check_model(str(tmp), full_check=True)
-        if external:
-            os.replace(tmpdir / (path.name + ".data"), path.parent / (path.name + ".data"))
-        os.replace(tmp, path)
-    finally:
-        shutil.rmtree(tmpdir, ignore_errors=True)
 
 
 def export_onnx(qm, path, dtype: torch.dtype = torch.float16, opset: int = DEFAULT_OPSET,
@@ -142,12 +132,8 @@ def export_onnx(qm, path, dtype: torch.dtype = torch.float16, opset: int = DEFAU
     """Write `qm` as an ONNX file TensorRT can build a strongly typed FP8 engine from."""
     if dtype not in (torch.float16, torch.bfloat16, torch.float32):
         raise ValueError(f"dtype must be torch.float16, torch.bfloat16 or torch.float32, got {dtype}")
-    if opset < MIN_OPSET:
-        raise ValueError(f"opset {opset} has no FLOAT8E4M3FN QuantizeLinear; use opset >= {MIN_OPSET}")
-    path = Path(path)
-    if path.is_dir():
-        raise IsADirectoryError(f"{path} is a directory; give a file path such as {path / 'model.onnx'}")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    validate.opset(opset)
+    path = validate.output_path(path)
     seconds = {}
     t = time.perf_counter()
     ep = program_in_dtype(qm.program, dtype)
@@ -163,10 +149,10 @@ def export_onnx(qm, path, dtype: torch.dtype = torch.float16, opset: int = DEFAU
     seconds["onnx_export"] = time.perf_counter() - t
     counts = {}
     if post_process:
-        from onnx_post.pipeline import run_pipeline
+        from onnx_post import pipeline
 
         t = time.perf_counter()
-        model, counts = run_pipeline(model)
+        model, counts = pipeline.run_pipeline(model)
         seconds["post_process"] = time.perf_counter() - t
     model.ir_version = IR_VERSION
     t = time.perf_counter()

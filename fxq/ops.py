@@ -9,6 +9,7 @@ dtype), x / scale is done in float32, saturated to +-448 and rounded to nearest-
 from __future__ import annotations
 
 import functools
+import math
 
 import torch
 
@@ -19,17 +20,22 @@ FP8_DTYPE = torch.float8_e4m3fn
 def scale_from_amax(amax: float) -> float:
     """ONNX convention: x_fp8 = x / scale. An amax of 0 (a dead tensor) still gets a valid scale."""
     amax = float(amax)
-    if not amax > 0.0:
+    if math.isnan(amax) or amax < 0:  # fxq/validate.py refuses these upstream; never paper over them here
+        raise ValueError(f"amax must be >= 0 and not NaN, got {amax}")
+    if amax == 0.0:
         amax = 1.0
     return amax / FP8_MAX
 
 
 def round_scale(scale: float, dtype: torch.dtype) -> torch.Tensor:
-    """The scale as the exported graph stores it: a scalar of the graph's float dtype, never 0."""
+    """The scale as the exported graph stores it: a scalar of the graph's float dtype, normal and finite.
+
+    fxq/onnx_export.py writes exactly this value, so torch and ONNX numerics agree."""
     s = torch.tensor(scale, dtype=dtype)
-    if s.item() == 0.0 or not torch.isfinite(s):
-        # Too small (or large) for fp16: clamp into the dtype's normal range rather than emit 0/inf.
-        info = torch.finfo(dtype)
+    info = torch.finfo(dtype)
+    if abs(s.item()) < info.tiny or not torch.isfinite(s):
+        # Too small (or large) for the dtype: clamp into its normal range rather than emit 0, a
+        # subnormal (flushed to 0 by TensorRT kernels) or inf.
         s = torch.tensor(min(max(scale, info.tiny), info.max), dtype=dtype)
     return s
 

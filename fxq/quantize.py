@@ -13,7 +13,7 @@ from typing import Any, Iterable, Mapping
 import torch
 from torch.fx import GraphModule
 
-from . import calib_io
+from . import calib_io, validate
 from .calibrate import run_calibration
 from .capture import Inputs, capture_program, dynamic_shapes_from_json
 from .config import QuantConfig
@@ -49,15 +49,7 @@ def check_overrides(gm: GraphModule, config: QuantConfig) -> None:
 
 
 def _amax_from_file(calibration: str | Mapping, placement: Placement) -> tuple[dict, int]:
-    doc = calib_io.load_calibration(calibration) if not isinstance(calibration, Mapping) else calibration
-    amax = dict(doc["amax"])
-    missing = [s.key for s in placement.sites if not s.is_weight and s.fixed_amax is None and s.key not in amax]
-    if missing:
-        raise CalibrationError(
-            f"the calibration results lack {len(missing)} quantizers of this model/config, e.g. {missing[:3]}; "
-            "fix: calibrate again with this model and config"
-        )
-    return amax, int(doc.get("batches", 0))
+    return calib_io.calibration_amax(calibration, placement)  # validated like a file: fxq/validate.py
 
 
 class QuantizedModel(torch.nn.Module):
@@ -133,6 +125,9 @@ def quantize(
     if not isinstance(cfg, QuantConfig):
         raise TypeError(f"config must be a fxq.QuantConfig, got {type(cfg).__name__}")
     example = Inputs.of(example_inputs)
+    validate.model(model)  # fxq/validate.py: the checks the CLI runs too
+    validate.example_inputs(model, example)
+    validate.calibration_sources(calib_data, calibration)
     if dynamic_shapes is None and cfg.dynamic_shapes is not None:
         dynamic_shapes = dynamic_shapes_from_json(cfg.dynamic_shapes, example)
     seconds = {}

@@ -21,6 +21,7 @@ import onnx
 
 from onnx_post.checker_graph import (FLOAT_TYPES, FP8, AttentionBlock, GraphIndex, attr,
                                      dtype_name, find_attention_blocks, module_of, walk_forward)
+from onnx_post.checker_numeric import NUMERIC_REASONS, NumericRow, check_external_data, check_numeric
 
 REASONS: dict[str, str] = {
     # GEMM (MatMul / Gemm), both inputs
@@ -56,6 +57,8 @@ REASONS: dict[str, str] = {
                        "prevent FP8 MHA fusion (dynamic batch is fine).",
     "output_not_quantized": "BMM2's output does not reach QuantizeLinear -> DequantizeLinear "
                             "(through Transpose/Reshape) before the next GEMM.",
+    # values (onnx_post/checker_numeric.py): structurally fine, numerically broken
+    **NUMERIC_REASONS,
 }
 
 MIN_GEMM_DIM = 16
@@ -93,12 +96,14 @@ class Readiness:
     attention: list[AttentionRow] = field(default_factory=list)
     graph_dtype: str = "float32"
     casts: int = 0
+    numeric: list[NumericRow] = field(default_factory=list)  # bad scales / initializer values
+    verify: dict | None = None  # `fxq check --verify`: onnxruntime on random inputs
 
     @property
     def ready(self) -> bool:
-        """Every GEMM ready (or skipped by design) and every attention block ready."""
+        """Every GEMM ready (or skipped by design), every attention block ready, no numeric problem."""
         return (all(g.ready or g.skipped for g in self.gemms)
-                and all(a.ready for a in self.attention))
+                and all(a.ready for a in self.attention) and not self.numeric)
 
     def summary(self) -> str:
         ready = sum(g.ready for g in self.gemms)
@@ -107,7 +112,9 @@ class Readiness:
         if skipped:
             gemm += f", {skipped} skipped (K or N < {MIN_GEMM_DIM}, or GEMV)"
         attn = f"attention: {sum(a.ready for a in self.attention)}/{len(self.attention)} ready"
-        return f"{gemm} | {attn} | Casts: {self.casts} | graph dtype: {self.graph_dtype}"
+        numeric = (f" | numeric problems: {len(self.numeric)} ({','.join(sorted({r.reason for r in self.numeric}))})"
+                   if self.numeric else "")  # only shown when there are some
+        return f"{gemm} | {attn}{numeric} | Casts: {self.casts} | graph dtype: {self.graph_dtype}"
 
     def format_table(self) -> str:
         gemm_rows = [[_status(g.ready, g.skipped), g.module, g.name, _num(g.k), _num(g.n),
@@ -118,6 +125,9 @@ class Readiness:
                  _table(["status", "module", "node", "K", "N", "reasons", "detail"], gemm_rows),
                  "", f"Attention blocks ({len(self.attention)})",
                  _table(["status", "module", "softmax", "head", "reasons", "detail"], attn_rows),
+                 "", f"Numeric problems ({len(self.numeric)})",
+                 _table(["reason", "tensor", "node", "detail"],
+                        [[r.reason, r.tensor, r.node or "-", r.detail] for r in self.numeric]),
                  "", self.summary()]
         return "\n".join(parts)
 
@@ -126,6 +136,8 @@ class Readiness:
                 "casts": self.casts,
                 "gemms": [dataclasses.asdict(g) for g in self.gemms],
                 "attention": [dataclasses.asdict(a) for a in self.attention],
+                "numeric": [dataclasses.asdict(r) for r in self.numeric],
+                **({"verify": self.verify} if self.verify is not None else {}),
                 "reasons": dict(REASONS)}
 
 
@@ -137,7 +149,7 @@ def check_model(model_or_path: onnx.ModelProto | str | Path) -> Readiness:
     gemms = [check_gemm(gi, n, fdtype) for n in gi.nodes if n.op_type in ("MatMul", "Gemm")]
     attention = [check_attention(gi, b) for b in find_attention_blocks(gi)]
     casts = sum(n.op_type == "Cast" for n in gi.nodes)
-    return Readiness(gemms, attention, FLOAT_TYPES[fdtype], casts)
+    return Readiness(gemms, attention, FLOAT_TYPES[fdtype], casts, check_numeric(gi))
 
 
 def check_gemm(gi: GraphIndex, node: onnx.NodeProto, fdtype: int) -> GemmRow:
@@ -311,6 +323,7 @@ def _load(model_or_path) -> tuple[onnx.ModelProto, str]:
     model = onnx.load(str(path), load_external_data=False)
     if not model.HasField("graph") and not model.opset_import:
         raise NotOnnxModelError(f"{path} holds no ONNX graph")
+    check_external_data(model, str(path.parent))  # a truncated .data is an I/O error, not a graph finding
     return model, str(path.parent)
 
 
