@@ -111,7 +111,7 @@ def weight_hessians(observers: dict[str, list[HessianObserver]]) -> dict[str, In
     out = {}
     for key, obs in observers.items():
         obs = list({id(o): o for o in obs if o.hessian is not None}.values())
-        if obs:
+        if obs and len({o.hessian.shape for o in obs}) == 1:  # a weight read as W and as W^T: no one H (nearest)
             tokens = sum(o.tokens for o in obs)
             out[key] = InputStats(sum(o.hessian for o in obs), sum(o.total for o in obs) / max(tokens, 1), tokens)
     return out

@@ -9,7 +9,7 @@ import fxq
 from fxq import ops, weight_rounding as wr
 from fxq.capture import Inputs, capture_program
 from fxq.graph_dtype import program_in_dtype
-from fxq.hessian import insert_hessian_observers, weight_hessians
+from fxq.hessian import HessianObserver, insert_hessian_observers, weight_hessians
 from fxq.insert import insert_observers, remove_observers
 from fxq.placement import place
 from fxq.verify import onnx_session
@@ -98,6 +98,16 @@ def test_hessian_observer_matches_x_transpose_x_and_is_shared_by_qkv():
     torch.testing.assert_close(stats["q:linear.weight"].hessian, x.T @ x, rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(stats["q:linear.weight"].mean, x.mean(0), rtol=1e-5, atol=1e-6)
     assert stats["q:linear.weight"].tokens == 2 * 3 * SEQ
+
+
+def test_tied_weight_sums_its_readers_hessians():
+    a, b, c = HessianObserver("a"), HessianObserver("b"), HessianObserver("c")
+    xa, xb = torch.randn(5, 8), torch.randn(7, 8)
+    a(xa), b(xb), c(torch.randn(3, 4))
+    stats = weight_hessians({"tied": [a, b], "one": [a, a], "w_and_wt": [a, c]})
+    torch.testing.assert_close(stats["tied"].hessian, (xa.T @ xa + xb.T @ xb).double())
+    assert stats["tied"].tokens == 12 and stats["one"].tokens == 5  # one observer counted once
+    assert "w_and_wt" not in stats  # K differs between readers: that weight is rounded to nearest
 
 
 def test_quantize_with_gptq_stores_the_gptq_codes():
