@@ -17,6 +17,8 @@ from . import ops, validate
 from .atomic import staging
 from .graph_dtype import program_in_dtype
 from .insert import DEQUANT, DEQUANT_AXIS, QDQ
+from .memory import release_free_memory
+from onnx_post import skeleton
 
 DEFAULT_OPSET = 21  # onnxruntime computes fp16 Q/DQ in fp32 up to 21, as fxq's torch op does
 IR_VERSION = 10
@@ -120,11 +122,13 @@ def _save(model: onnx.ModelProto, path: Path) -> None:
     """Write next to the target, then rename: the target is never a half-written file."""
     # Sum tensor bytes rather than ByteSize(): the latter fails on protos past 2 GiB.
     external = sum(len(t.raw_data) for t in model.graph.initializer) > EXTERNAL_DATA_BYTES
+    # The full check, on the graph without a copy of its weights; before saving, which moves
+    # external tensors' data out of the proto.
+    skeleton.check(model)
     with staging(path, companions=[path.name + ".data"]) as tmpdir:  # fxq/atomic.py: signal-safe rename
         tmp = tmpdir / path.name
         onnx.save(model, tmp, save_as_external_data=external, all_tensors_to_one_file=True,
                   location=path.name + ".data")
-        onnx.checker.check_model(str(tmp), full_check=True)
 
 
 def export_onnx(qm, path, dtype: torch.dtype = torch.float16, opset: int = DEFAULT_OPSET,
@@ -146,6 +150,8 @@ def export_onnx(qm, path, dtype: torch.dtype = torch.float16, opset: int = DEFAU
         )
         clean_up(program.model)
     model = ir.to_proto(program.model)
+    del program, ep  # the ONNX proto holds the weights now
+    release_free_memory()
     seconds["onnx_export"] = time.perf_counter() - t
     counts = {}
     if post_process:

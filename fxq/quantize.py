@@ -19,6 +19,7 @@ from .capture import Inputs, capture_program, dynamic_shapes_from_json
 from .config import QuantConfig
 from .errors import CalibrationError, ConfigError
 from .hessian import insert_hessian_observers, weight_hessians, weight_readers
+from .memory import release_free_memory
 from .insert import insert_observers, insert_qdq, own_state, quantize_weights, remove_observers, weight_amax
 from .placement import Placement, place
 from .weight_codes import codes_chooser
@@ -159,6 +160,7 @@ def quantize(
         remove_observers(gm)
         if calibration is None:
             amax, batches = {k: o.result() for k, o in observers.items()}, seen
+    release_free_memory()  # the calibration activations: otherwise they add to the export's peak
     seconds["calibrate"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -167,5 +169,6 @@ def quantize(
     layouts = {k: rs[0].transposed for k, rs in weight_readers(gm, placement).items()}
     quantize_weights(ep, placement, amax, codes_chooser(cfg, layouts, weight_hessians(hessians) if gptq else None))
     own_state(ep)
+    release_free_memory()
     seconds["convert"] = time.perf_counter() - t
     return QuantizedModel(ep, placement, amax, cfg, example, type(model).__name__, batches, seconds)
