@@ -16,6 +16,8 @@ from . import roles as R
 from .errors import ConfigError
 
 CALIBRATORS = ("max", "percentile")
+WEIGHT_ROUNDINGS = ("nearest", "gptq")  # how FP8 weight codes are chosen (fxq/weight_rounding.py)
+WEIGHT_AXES = (None, 0)  # None: one scale per weight; 0: one per output channel
 CONFIG_VERSION = 1
 
 
@@ -94,6 +96,11 @@ class QuantConfig:
     head_size_min: int = 16
     head_size_max: int = 256
     head_size_multiple: int = 8
+    # FP8 weight codes: "nearest" rounds each weight alone; "gptq" compensates rounding error across a
+    # GEMM's inputs using the calibration activations (same scale, smaller output error).
+    weight_rounding: str = "nearest"
+    # None: one scale per weight tensor; 0: one per output channel (TensorRT >= 10.6 on Hopper).
+    weight_axis: int | None = None
     # A GEMM whose rows are only the batch (pooler, classifier on one token) gains nothing from FP8.
     skip_gemv: bool = True
     # torch.export dynamic_shapes in JSON form, e.g. {"input_ids": {"0": "batch", "1": {"name": "seq", "max": 512}}}
@@ -105,6 +112,11 @@ class QuantConfig:
         if not isinstance(self.skip_gemv, bool):
             raise TypeError(f"QuantConfig.skip_gemv must be True or False, got {self.skip_gemv!r}")
         _check_dynamic_shapes(self.dynamic_shapes)
+        if self.weight_rounding not in WEIGHT_ROUNDINGS:
+            raise ValueError(f"QuantConfig.weight_rounding must be one of {WEIGHT_ROUNDINGS}, got {self.weight_rounding!r}")
+        if self.weight_axis not in WEIGHT_AXES or isinstance(self.weight_axis, bool):
+            raise ValueError(f"QuantConfig.weight_axis must be None (per-tensor) or 0 (per output channel), "
+                             f"got {self.weight_axis!r}")
         for o in self.overrides:
             if not isinstance(o, Override):
                 raise TypeError(f"QuantConfig.overrides must hold Override objects, got {type(o).__name__}")
@@ -132,7 +144,7 @@ class QuantConfig:
                 for o in self.overrides
             ],
             **{k: getattr(self, k) for k in ("min_gemm_dim", "head_size_min", "head_size_max", "head_size_multiple",
-                                             "skip_gemv")},
+                                             "skip_gemv", "weight_rounding", "weight_axis")},
             "dynamic_shapes": None if self.dynamic_shapes is None else
             {k: (None if v is None else {d: (n if isinstance(n, str) else dict(n)) for d, n in v.items()})
              for k, v in self.dynamic_shapes.items()},

@@ -16,7 +16,7 @@ import torch
 from . import ops, validate
 from .atomic import staging
 from .graph_dtype import program_in_dtype
-from .insert import DEQUANT, QDQ
+from .insert import DEQUANT, DEQUANT_AXIS, QDQ
 from .memory import release_free_memory
 from onnx_post import skeleton
 
@@ -49,7 +49,13 @@ def _translations(opset) -> dict:
         return opset.DequantizeLinear(codes, _scale_constant(opset, scale, _TORCH[ir.DataType(dtype)]),
                                       _zero_fp8(opset))
 
-    return {QDQ: fp8_qdq, DEQUANT: fp8_dequant}
+    def fp8_dequant_axis(codes, scale, axis: int, dtype: int):
+        # Per-channel weight: the zero point matches the 1-D scale's shape, as ONNX requires.
+        zero = opset.Constant(value=ir.tensor(np.zeros((codes.shape[axis],), dtype=np.uint8),
+                                              dtype=ir.DataType.FLOAT8E4M3FN))
+        return opset.DequantizeLinear(codes, scale, zero, axis=axis)
+
+    return {QDQ: fp8_qdq, DEQUANT: fp8_dequant, DEQUANT_AXIS: fp8_dequant_axis}
 
 
 def clean_up(model: ir.Model) -> None:

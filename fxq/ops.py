@@ -95,3 +95,20 @@ def fp8_dequant(codes: torch.Tensor, scale: float, dtype: torch.dtype) -> torch.
 @fp8_dequant.register_fake
 def _(codes: torch.Tensor, scale: float, dtype: torch.dtype) -> torch.Tensor:
     return torch.empty(codes.shape, dtype=dtype, device=codes.device)
+
+
+@torch.library.custom_op("fxq::fp8_dequant_axis", mutates_args=())
+def fp8_dequant_axis(codes: torch.Tensor, scale: torch.Tensor, axis: int, dtype: torch.dtype) -> torch.Tensor:
+    """Per-channel FP8 weight: codes times a 1-D `scale` along `axis`, in `dtype`.
+
+    One DequantizeLinear with that axis in ONNX. `scale` is a program buffer, so a dtype conversion
+    of the program rounds it to the graph dtype exactly as the ONNX initializer is stored.
+    """
+    shape = [1] * codes.ndim
+    shape[axis] = -1
+    return (codes.float() * scale.float().reshape(shape)).to(dtype)
+
+
+@fp8_dequant_axis.register_fake
+def _(codes: torch.Tensor, scale: torch.Tensor, axis: int, dtype: torch.dtype) -> torch.Tensor:
+    return torch.empty(codes.shape, dtype=dtype, device=codes.device)

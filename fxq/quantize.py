@@ -18,9 +18,11 @@ from .calibrate import run_calibration
 from .capture import Inputs, capture_program, dynamic_shapes_from_json
 from .config import QuantConfig
 from .errors import CalibrationError, ConfigError
+from .hessian import insert_hessian_observers, weight_hessians, weight_readers
 from .memory import release_free_memory
 from .insert import insert_observers, insert_qdq, own_state, quantize_weights, remove_observers, weight_amax
 from .placement import Placement, place
+from .weight_codes import codes_chooser
 from .report import Report
 
 
@@ -113,7 +115,9 @@ def quantize(
 
     example_inputs: a tensor, a tuple of positional inputs, or a dict of keyword inputs.
     calib_data: an iterable of batches shaped like example_inputs (max/percentile calibration).
-    calibration: instead of calib_data, a saved calibration file (or its loaded dict) to reuse.
+    calibration: instead of calib_data, a saved calibration file (or its loaded dict) to reuse. With
+        config.weight_rounding="gptq", calib_data is still needed (for the input Hessians), and amax
+        comes from the file.
     dynamic_batch: dim 0 of every batched input is dynamic (inputs whose dim 0 is not the batch stay static).
     dynamic_seq: dim 1 of batched integer inputs (token ids, masks) is dynamic too.
     dynamic_shapes: torch.export dynamic_shapes to use instead (or QuantConfig.dynamic_shapes, JSON form).
@@ -139,22 +143,31 @@ def quantize(
     seconds["place"] = time.perf_counter() - t
 
     t = time.perf_counter()
+    gptq = cfg.weight_rounding == "gptq"
+    if calibration is None and calib_data is None:
+        raise CalibrationError("no calibration: pass calib_data (batches like example_inputs) or calibration=<saved file>")
+    if gptq and calib_data is None:
+        raise CalibrationError("config.weight_rounding='gptq' needs calib_data: GPTQ rounds weights with input "
+                               "Hessians, which calibration files do not hold; fix: pass calib_data (with or "
+                               "without calibration=...), or use weight_rounding='nearest'")
     if calibration is not None:
         amax, batches = _amax_from_file(calibration, placement)
-    elif calib_data is None:
-        raise CalibrationError("no calibration: pass calib_data (batches like example_inputs) or calibration=<saved file>")
-    else:
-        observers = insert_observers(gm, placement)
-        batches = run_calibration(ep.module(), observers, calib_data, example, progress)
+    observers = insert_observers(gm, placement) if calibration is None else {}
+    # GPTQ's Hessians: in the same pass as the amax observers, between them and the GEMMs.
+    hessians = insert_hessian_observers(gm, placement) if gptq else {}
+    if calibration is None or hessians:
+        seen = run_calibration(ep.module(), observers, calib_data, example, progress)
         remove_observers(gm)
-        amax = {k: o.result() for k, o in observers.items()}
+        if calibration is None:
+            amax, batches = {k: o.result() for k, o in observers.items()}, seen
     release_free_memory()  # the calibration activations: otherwise they add to the export's peak
     seconds["calibrate"] = time.perf_counter() - t
 
     t = time.perf_counter()
     amax.update(weight_amax(ep, placement))
     insert_qdq(gm, placement, amax)
-    quantize_weights(ep, placement, amax)
+    layouts = {k: rs[0].transposed for k, rs in weight_readers(gm, placement).items()}
+    quantize_weights(ep, placement, amax, codes_chooser(cfg, layouts, weight_hessians(hessians) if gptq else None))
     own_state(ep)
     release_free_memory()
     seconds["convert"] = time.perf_counter() - t

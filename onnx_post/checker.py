@@ -34,6 +34,8 @@ REASONS: dict[str, str] = {
     "zero_point_nonzero": "A DequantizeLinear zero point is not a constant 0.",
     "activation_not_per_tensor": "An activation DequantizeLinear has a non-scalar (per-channel or "
                                  "blocked) scale; TensorRT wants per-tensor activations.",
+    "weight_scale_not_per_channel": "A weight DequantizeLinear's scale is neither per-tensor nor 1-D along the "
+                                    "GEMM's output-channel (N) axis, the only per-channel form TensorRT takes.",
     "not_fp8": "A DequantizeLinear's input dtype is not FLOAT8E4M3FN.",
     "small_gemm": "K or N is below 16, so FP8 gains nothing; left unquantized by design.",
     "gemv": "A float GEMM whose rows are only the batch (pooler, classifier on one token): a matrix-vector "
@@ -154,7 +156,7 @@ def check_gemm(gi: GraphIndex, node: onnx.NodeProto, fdtype: int) -> GemmRow:
     reasons: list[str] = []
     notes: list[str] = []
     for side, name in zip("ab", node.input[:2]):
-        r, d = _check_gemm_input(gi, name, side, fdtype)
+        r, d = _check_gemm_input(gi, name, side, fdtype, _output_channel_axis(gi, node) if side == "b" else None)
         reasons += [x for x in r if x not in reasons]
         notes += d
     k, n = _gemm_kn(gi, node)
@@ -174,7 +176,15 @@ def _is_gemv(shape) -> bool:
     return (isinstance(b, str) and b.isidentifier()) or (isinstance(b, int) and b < MIN_GEMM_DIM)
 
 
-def _check_gemm_input(gi: GraphIndex, name: str, side: str, fdtype: int):
+def _output_channel_axis(gi: GraphIndex, node: onnx.NodeProto) -> int | None:
+    """The axis of the 2-D B input that indexes output channels (N), else None."""
+    shape = gi.shape(node.input[1])
+    if shape is None or len(shape) != 2:
+        return None
+    return 0 if node.op_type == "Gemm" and attr(node, "transB", 0) else 1
+
+
+def _check_gemm_input(gi: GraphIndex, name: str, side: str, fdtype: int, out_axis: int | None = None):
     dq = gi.producer.get(name)
     if dq is None or dq.op_type != "DequantizeLinear":
         return [f"input_{side}_not_dq"], [f"{side}: from {gi.describe(name)}"]
@@ -190,6 +200,11 @@ def _check_gemm_input(gi: GraphIndex, name: str, side: str, fdtype: int):
         if not stored or x_type != FP8:
             reasons.append("weight_not_fp8_initializer")
             notes.append(f"{side}: weight from {gi.describe(x)}")
+        scale_shape = gi.shape(scale)
+        if gi.numel(scale) != 1 and not (out_axis is not None and scale_shape is not None and len(scale_shape) == 1
+                                         and attr(dq, "axis", 1) % 2 == out_axis and not attr(dq, "block_size", 0)):
+            reasons.append("weight_scale_not_per_channel")
+            notes.append(f"{side}: weight scale shape {scale_shape}, axis {attr(dq, 'axis', 1)}")
     elif gi.numel(scale) != 1 or attr(dq, "block_size", 0):
         reasons.append("activation_not_per_tensor")
         notes.append(f"{side}: scale shape {gi.shape(scale)}")

@@ -247,6 +247,7 @@ def test_reasons_legend_covers_every_code():
              # numeric checks (tests/test_checker_numeric.py)
              "scale_zero", "scale_subnormal", "scale_nonfinite", "scale_negative", "fp8_nan_code",
              "fp16_inf", "initializer_nan"}
+    codes |= {"weight_scale_not_per_channel"}  # per-tensor or 1-D along N for weights (c8b)
     assert set(REASONS) == codes and all(REASONS.values())
 
 
