@@ -19,13 +19,8 @@ def save_calibration(path, amax: dict[str, float], model_name: str, config: dict
 
 
 def load_calibration(path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise CalibrationError(f"calibration file {path} does not exist; fix: write one with save_calibration or --save-calib")
-    try:
-        doc = json.loads(path.read_bytes().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CalibrationError(f"calibration file {path} is not valid JSON ({e}); fix: re-run calibration") from None
+    doc = validate.json_file(path, "calibration file", CalibrationError,
+                             "write one with save_calibration or --save-calib")
     return validate.calibration_doc(doc, f"calibration file {path}", CALIB_VERSION)
 
 

@@ -124,18 +124,22 @@ def config_dict(d: Any) -> None:
             raise _type_error(name, "a whole number", d[name])
 
 
+def json_file(path: Path, what: str, error: type[Exception], fix: str) -> Any:
+    """The JSON document in `path`; a missing or non-JSON file is one `error` that names it and the fix."""
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{what} {path} does not exist; fix: {fix}")
+    try:
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise error(f"{what} {path} is not valid JSON ({e}); fix: {fix}") from None
+
+
 def config_file(path: Path):
     """Read a QuantConfig from a JSON file, every failure a ConfigError naming the file."""
     from .config import QuantConfig
 
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist; fix: write one with json.dump(config.to_dict(), f)")
-    try:
-        doc = json.loads(path.read_bytes().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ConfigError(f"config file {path} is not valid JSON ({e}); fix: write it with "
-                          "json.dump(config.to_dict(), f)") from None
+    doc = json_file(path, "config file", ConfigError, "write one with json.dump(config.to_dict(), f)")
     try:
         return QuantConfig.from_dict(doc)
     except (TypeError, ValueError) as e:
