@@ -25,9 +25,13 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         raise
 
 
-def save_calibration(path, amax: dict[str, float], model_name: str, config: dict, batches: int) -> None:
+def save_calibration(path, amax: dict[str, float], model_name: str, config: dict, batches: int,
+                     fallback_gains: dict[str, float] | None = None) -> None:
     doc = {"version": CALIB_VERSION, "model": model_name, "batches": batches, "config": config,
            "amax": {k: float(v) for k, v in amax.items()}}
+    if config.get("fallback"):  # what fxq.Fallback left in FP16, so quantize(calibration=file) does it again
+        doc["fallback"] = {"groups": list(config["fallback"]),
+                           "gains": {k: float(v) for k, v in (fallback_gains or {}).items()}}
     atomic_write_text(path, json.dumps(doc, indent=1, sort_keys=False) + "\n")
 
 
@@ -44,4 +48,7 @@ def load_calibration(path) -> dict:
     bad = [k for k, v in doc["amax"].items() if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0]
     if bad:
         raise CalibrationError(f"calibration file {path} has invalid amax values for {bad[:3]}")
+    fb = doc.get("fallback", {})
+    if not isinstance(fb, dict) or not all(isinstance(g, str) for g in fb.get("groups", [])):
+        raise CalibrationError(f"calibration file {path} has an invalid 'fallback' entry (want groups: [ids])")
     return doc

@@ -93,9 +93,15 @@ class QuantConfig:
     head_size_min: int = 16
     head_size_max: int = 256
     head_size_multiple: int = 8
+    # GEMM / attention group ids ("<module>:gemm", "<module>:attention") left in FP16, as chosen
+    # by fxq.Fallback (or by hand from fxq.sensitivity); the placement skips them (reason "fallback").
+    fallback: tuple[str, ...] = ()
 
     def __post_init__(self):
         object.__setattr__(self, "overrides", tuple(self.overrides))
+        if isinstance(self.fallback, str) or not all(isinstance(g, str) for g in self.fallback):
+            raise TypeError("QuantConfig.fallback must be a tuple of group ids such as 'encoder.layer.0.attention:attention'")
+        object.__setattr__(self, "fallback", tuple(self.fallback))
         for o in self.overrides:
             if not isinstance(o, Override):
                 raise TypeError(f"QuantConfig.overrides must hold Override objects, got {type(o).__name__}")
@@ -123,6 +129,7 @@ class QuantConfig:
                 for o in self.overrides
             ],
             **{k: getattr(self, k) for k in ("min_gemm_dim", "head_size_min", "head_size_max", "head_size_multiple")},
+            "fallback": list(self.fallback),
         }
 
     @classmethod

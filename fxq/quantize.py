@@ -9,6 +9,7 @@ import torch
 from torch.fx import GraphModule
 
 from . import calib_io
+from . import fallback as fb
 from .calibrate import run_calibration
 from .capture import Inputs, capture, export_args
 from .config import QuantConfig
@@ -67,6 +68,7 @@ class QuantizedModel(torch.nn.Module):
         self.calibration_batches = batches
         self._source = [source]  # a list, so the float model is not registered as a submodule
         self._program = None
+        self.fallback_gains: dict[str, float] = {}  # group id -> metric gain, for groups left in FP16
 
     def forward(self, *args, **kwargs):
         return self.graph_module(*args, **kwargs)
@@ -83,11 +85,11 @@ class QuantizedModel(torch.nn.Module):
         return self._program
 
     def report(self) -> Report:
-        return Report(self.placement, self.amax)
+        return Report(self.placement, self.amax, self.fallback_gains)
 
     def save_calibration(self, path) -> None:
         calib_io.save_calibration(path, self.amax, type(self.source_model).__name__, self.config.to_dict(),
-                                  self.calibration_batches)
+                                  self.calibration_batches, self.fallback_gains)
 
     def export_onnx(self, path, **kwargs):
         from .onnx_export import export_onnx
@@ -109,16 +111,21 @@ def quantize(
     calibration: str | Mapping | None = None,
     dynamic_batch: bool = True,
     progress: bool = True,
+    fallback: "fb.Fallback | None" = None,
 ) -> QuantizedModel:
     """Quantize `model` to FP8 (E4M3) for TensorRT.
 
     example_inputs: a tensor, a tuple of positional inputs, or a dict of keyword inputs.
     calib_data: an iterable of batches shaped like example_inputs (max/percentile calibration).
-    calibration: instead of calib_data, a saved calibration file (or its loaded dict) to reuse.
+    calibration: instead of calib_data, a saved calibration file (or its loaded dict) to reuse;
+        a fallback saved in it applies again unless config names its own.
+    fallback: fxq.Fallback(eval_data, max_error): leave in FP16 the fewest FLOPs that bring the
+        metric within max_error (see fxq/fallback.py).
     """
     cfg = config if config is not None else QuantConfig()
     if not isinstance(cfg, QuantConfig):
         raise TypeError(f"config must be a fxq.QuantConfig, got {type(cfg).__name__}")
+    cfg, gains = fb.saved_fallback(cfg, calibration)
     example = Inputs.of(example_inputs)
     gm = capture(model, example, dynamic_batch)
     check_overrides(gm, cfg)
@@ -134,4 +141,6 @@ def quantize(
         amax = {k: o.result() for k, o in observers.items()}
     amax.update(weight_amax(gm, placement))
     insert_qdq(gm, placement, amax)
-    return QuantizedModel(gm, placement, amax, cfg, example, model, dynamic_batch, batches)
+    qm = QuantizedModel(gm, placement, amax, cfg, example, model, dynamic_batch, batches)
+    qm.fallback_gains = gains
+    return qm if fallback is None else fb.apply_fallback(qm, fallback, progress)
