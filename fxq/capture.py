@@ -6,10 +6,11 @@ attention scale applied to Q, so eager and SDPA attention give one and the same 
 """
 from __future__ import annotations
 
-import copy
+import contextlib
 import math
 import os
 import traceback
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,17 +68,75 @@ def sdpa_as_matmuls(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, sca
     return torch.matmul(torch.softmax(w, dim=-1), v)  # (B, nh, T, hs)
 
 
-def export_args(inputs: Inputs, dynamic_batch: bool) -> tuple[Inputs, object]:
-    """(example inputs, dynamic_shapes) for torch.export, with dim 0 dynamic when asked."""
-    if not dynamic_batch:
+def _batched(inputs: Inputs) -> set[int]:
+    """Positions (in inputs.tensors() order) of the tensors whose dim 0 is the batch.
+
+    The batch size is dim 0 of the first tensor input; an input whose dim 0 differs (an id table, a
+    per-model constant) is not batched and stays static.
+    """
+    tensors = inputs.tensors()
+    first = next((t for t in tensors if t.dim() > 0), None)
+    if first is None:
+        return set()
+    return {i for i, t in enumerate(tensors) if t.dim() > 0 and t.shape[0] == first.shape[0]}
+
+
+def export_args(inputs: Inputs, dynamic_batch: bool, dynamic_seq: bool = False) -> tuple[Inputs, object]:
+    """(example inputs, dynamic_shapes) for torch.export.
+
+    Dim 0 of every batched input is dynamic when asked; with dynamic_seq, so is dim 1 of batched
+    integer inputs (token ids, masks). Dims are Dim.AUTO: one the model itself fixes (a broadcast
+    constant) stays static instead of failing the capture.
+    """
+    if not dynamic_batch and not dynamic_seq:
         return inputs, None
-    # torch.export specialises size-1 dims, so a dynamic batch is captured from an example of two.
-    inputs = inputs.map(lambda t: t.expand(2, *t.shape[1:]).clone() if t.dim() > 0 and t.shape[0] == 1 else t)
-    batch = torch.export.Dim("batch", min=1, max=4096)
-    dyn = lambda t: {0: batch} if isinstance(t, torch.Tensor) and t.dim() > 0 else None  # noqa: E731
+    batched = _batched(inputs)
+    tensors = inputs.tensors()
+    if dynamic_batch:
+        # torch.export specialises size-1 dims, so a dynamic batch is captured from an example of two.
+        ids = {id(t) for i, t in enumerate(tensors) if i in batched and t.shape[0] == 1}
+        inputs = inputs.map(lambda t: t.expand(2, *t.shape[1:]).clone() if id(t) in ids else t)
+        tensors = inputs.tensors()
+    auto = torch.export.Dim.AUTO
+    spec = {}
+    for i, t in enumerate(tensors):
+        dims = {}
+        if dynamic_batch and i in batched:
+            dims[0] = auto
+        if dynamic_seq and i in batched and t.dim() >= 2 and not t.is_floating_point():
+            dims[1] = auto
+        spec[id(t)] = dims or None
+    dyn = lambda t: spec.get(id(t)) if isinstance(t, torch.Tensor) else None  # noqa: E731
     if inputs.kwargs and not inputs.args:
         return inputs, {k: dyn(v) for k, v in inputs.kwargs.items()}
-    return inputs, (tuple(dyn(a) for a in inputs.args) if not inputs.kwargs else None)
+    if inputs.args and not inputs.kwargs:
+        return inputs, tuple(dyn(a) for a in inputs.args)
+    return inputs, (tuple(dyn(a) for a in inputs.args), {k: dyn(v) for k, v in inputs.kwargs.items()})
+
+
+def dynamic_shapes_from_json(spec, inputs: Inputs):
+    """A JSON-friendly dynamic_shapes ({"input_ids": {"0": "batch", "1": "seq"}}) as torch.export's.
+
+    Equal names share one torch.export.Dim; "auto" is Dim.AUTO. Positional inputs use their index
+    ("0", "1", ...) as the key.
+    """
+    if spec is None:
+        return None
+    dims: dict[str, object] = {}
+
+    def dim(name: str):
+        if name == "auto":
+            return torch.export.Dim.AUTO
+        return dims.setdefault(name, torch.export.Dim(name))
+
+    def one(entry):
+        if entry is None:
+            return None
+        return {int(k): dim(str(v)) for k, v in entry.items()}
+
+    if inputs.kwargs and not inputs.args:
+        return {k: one(spec.get(k)) for k in inputs.kwargs}
+    return tuple(one(spec.get(str(i))) for i in range(len(inputs.args)))
 
 
 def _user_frame(exc: BaseException) -> str:
@@ -89,10 +148,35 @@ def _user_frame(exc: BaseException) -> str:
     return f"{f.filename}:{f.lineno} ({f.name}): {f.line}"
 
 
-def export_model(model: torch.nn.Module, inputs: Inputs, dynamic_batch: bool = False) -> torch.export.ExportedProgram:
-    inputs, dynamic_shapes = export_args(inputs, dynamic_batch)
+@contextlib.contextmanager
+def _no_kv_cache(model: torch.nn.Module, inputs: Inputs):
+    """Hugging Face models return a KV cache object by default (use_cache=True): torch.export cannot
+    output it, and a deployed encoder or prefill graph has no use for it. Capture with caching off."""
+    cfg = getattr(model, "config", None)
+    if inputs.kwargs.get("use_cache") is True:
+        raise CaptureError("example inputs set use_cache=True; fxq captures graphs without a KV cache; "
+                           "fix: drop use_cache from the example inputs (fxq turns caching off)")
+    if cfg is None or not getattr(cfg, "use_cache", False):
+        yield
+        return
+    warnings.warn(f"fxq: capturing {type(model).__name__} with use_cache=False (a KV cache cannot be exported)",
+                  stacklevel=4)
+    cfg.use_cache = False
     try:
-        ep = torch.export.export(model, inputs.args, inputs.kwargs, dynamic_shapes=dynamic_shapes, strict=False)
+        yield
+    finally:
+        cfg.use_cache = True
+
+
+def export_model(model: torch.nn.Module, inputs: Inputs, dynamic_batch: bool = False, dynamic_seq: bool = False,
+                 dynamic_shapes=None) -> torch.export.ExportedProgram:
+    if dynamic_shapes is None:
+        inputs, dynamic_shapes = export_args(inputs, dynamic_batch, dynamic_seq)
+    try:
+        with _no_kv_cache(model, inputs):
+            ep = torch.export.export(model, inputs.args, inputs.kwargs, dynamic_shapes=dynamic_shapes, strict=False)
+    except CaptureError:
+        raise
     except Exception as e:  # torch.export raises many types; all mean "cannot capture"
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         where = _user_frame(e)
@@ -107,21 +191,47 @@ def export_model(model: torch.nn.Module, inputs: Inputs, dynamic_batch: bool = F
     return ep.run_decompositions({torch.ops.aten.scaled_dot_product_attention.default: sdpa_as_matmuls})
 
 
-def capture(model: torch.nn.Module, example_inputs: Any, dynamic_batch: bool = False) -> torch.fx.GraphModule:
-    """Export `model` and return the graph module fxq works on (parameters as get_attr nodes)."""
+STATE_KINDS = ("PARAMETER", "BUFFER", "CONSTANT_TENSOR")
+
+
+def tag_state(ep: torch.export.ExportedProgram) -> int:
+    """Mark the placeholders that carry parameters, buffers and constants with their state name
+    (node.meta["fxq_state"]): placement treats them as weights and constants, never as inputs."""
+    specs = {s.arg.name: s.target for s in ep.graph_signature.input_specs if s.kind.name in STATE_KINDS}
+    tagged = 0
+    for node in ep.graph.find_nodes(op="placeholder"):
+        if node.name in specs:
+            node.meta["fxq_state"] = specs[node.name]
+            tagged += 1
+    return tagged
+
+
+def capture_program(model: torch.nn.Module, example_inputs: Any, dynamic_batch: bool = False,
+                    dynamic_seq: bool = False, dynamic_shapes=None) -> torch.export.ExportedProgram:
+    """The one torch.export of the pipeline: an ExportedProgram with SDPA as matmuls and state tagged."""
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"fxq quantizes torch.nn.Module objects, got {type(model).__name__}")
     inputs = Inputs.of(example_inputs)
     was_training = model.training
     model.eval()
     try:
-        ep = export_model(model, inputs, dynamic_batch)
+        ep = export_model(model, inputs, dynamic_batch, dynamic_seq, dynamic_shapes)
     finally:
         model.train(was_training)
-    gm = ep.module()
+    gm = ep.graph_module
     drop_metadata_asserts(gm)
     # Dead readers (attention weights a module computes but nobody returns) would hide the
     # single-reader softmax -> BMM2 chain; FX keeps impure nodes.
+    gm.graph.eliminate_dead_code()
+    gm.recompile()
+    tag_state(ep)
+    return ep
+
+
+def capture(model: torch.nn.Module, example_inputs: Any, dynamic_batch: bool = False) -> torch.fx.GraphModule:
+    """Export `model` and return a graph module with parameters as get_attr nodes (for PT2E)."""
+    gm = capture_program(model, example_inputs, dynamic_batch).module()
+    drop_metadata_asserts(gm)
     gm.graph.eliminate_dead_code()
     gm.recompile()
     return gm
@@ -140,6 +250,3 @@ def drop_metadata_asserts(gm: torch.fx.GraphModule) -> int:
     return len(asserts)
 
 
-def as_dtype(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
-    """A copy of the model in `dtype` (the original stays as it is)."""
-    return copy.deepcopy(model).to(dtype)

@@ -93,12 +93,20 @@ class QuantConfig:
     head_size_min: int = 16
     head_size_max: int = 256
     head_size_multiple: int = 8
+    # A GEMM whose rows are only the batch (pooler, classifier on one token) gains nothing from FP8.
+    skip_gemv: bool = True
+    # torch.export dynamic_shapes in JSON form, e.g. {"input_ids": {"0": "batch", "1": "seq"}}
+    # (equal names share a dim, "auto" lets export decide); None: fxq's default (dynamic batch).
+    dynamic_shapes: Mapping | None = None
     # GEMM / attention group ids ("<module>:gemm", "<module>:attention") left in FP16, as chosen
     # by fxq.Fallback (or by hand from fxq.sensitivity); the placement skips them (reason "fallback").
     fallback: tuple[str, ...] = ()
 
     def __post_init__(self):
         object.__setattr__(self, "overrides", tuple(self.overrides))
+        if not isinstance(self.skip_gemv, bool):
+            raise TypeError(f"QuantConfig.skip_gemv must be True or False, got {self.skip_gemv!r}")
+        _check_dynamic_shapes(self.dynamic_shapes)
         if isinstance(self.fallback, str) or not all(isinstance(g, str) for g in self.fallback):
             raise TypeError("QuantConfig.fallback must be a tuple of group ids such as 'encoder.layer.0.attention:attention'")
         object.__setattr__(self, "fallback", tuple(self.fallback))
@@ -128,7 +136,10 @@ class QuantConfig:
                 {"module": o.module, "regex": o.regex, "roles": {r: spec(s) for r, s in o.roles.items()}}
                 for o in self.overrides
             ],
-            **{k: getattr(self, k) for k in ("min_gemm_dim", "head_size_min", "head_size_max", "head_size_multiple")},
+            **{k: getattr(self, k) for k in ("min_gemm_dim", "head_size_min", "head_size_max", "head_size_multiple",
+                                             "skip_gemv")},
+            "dynamic_shapes": None if self.dynamic_shapes is None else
+            {k: (None if v is None else dict(v)) for k, v in self.dynamic_shapes.items()},
             "fallback": list(self.fallback),
         }
 
@@ -152,6 +163,21 @@ class QuantConfig:
             raise ValueError(f"unknown config keys {sorted(unknown)}; known keys: {sorted(known | {'version'})}")
         base = {R.field_name(r): spec(s) for r, s in roles.items()}
         return cls(roles=RoleSpecs(**base), overrides=overrides, **d)
+
+
+def _check_dynamic_shapes(spec) -> None:
+    if spec is None:
+        return
+    if not isinstance(spec, Mapping):
+        raise TypeError("QuantConfig.dynamic_shapes must map input names to {dim: name}, e.g. "
+                        f'{{"input_ids": {{"0": "batch", "1": "seq"}}}}, got {type(spec).__name__}')
+    for name, dims in spec.items():
+        if dims is None:
+            continue
+        if not isinstance(dims, Mapping) or not all(str(d).isdigit() and isinstance(v, str) and v
+                                                    for d, v in dims.items()):
+            raise TypeError(f"QuantConfig.dynamic_shapes[{name!r}] must map dim indices to dim names "
+                            f'(e.g. {{"0": "batch"}}), got {dims!r}')
 
 
 def preset(name: str) -> QuantConfig:

@@ -82,13 +82,21 @@ class FallbackPlan:
         return tuple(c.group for c in self.choices)
 
 
-def search(qm, fallback: Fallback, progress: bool = True) -> FallbackPlan:
-    """Choose the groups of `qm` to leave in float so that the metric is <= fallback.max_error."""
+def search(qm, fallback: Fallback, model, progress: bool = True) -> FallbackPlan:
+    """Choose the groups of `qm` (quantized from the float `model`) to leave in float so that the
+    metric is <= fallback.max_error."""
+    switch = Switch(qm.graph_module, model)
+    try:
+        return _search(qm, fallback, model, switch, progress)
+    finally:
+        switch.close()
+
+
+def _search(qm, fallback: Fallback, model, switch: Switch, progress: bool) -> FallbackPlan:
     gm = qm.graph_module
-    evaluator = Evaluator(qm.source_model, gm, fallback.eval_data, fallback.metric)
+    evaluator = Evaluator(model, gm, fallback.eval_data, fallback.metric)
     candidates = {ge.group.id: ge for ge in group_edges(gm, qm.placement, kinds=fallback.kinds)
                   if ge.group.flops > 0}
-    switch = Switch(gm)
     base = current = evaluator.measure()
     plan = FallbackPlan(base, base, fallback.max_error)
     if current <= fallback.max_error:
@@ -136,36 +144,16 @@ def search(qm, fallback: Fallback, progress: bool = True) -> FallbackPlan:
     return plan
 
 
-def _amax_for(qm, config) -> dict[str, float]:
-    """The calibrated amax of `qm`, keyed by the site keys of `config`'s placement.
-
-    A fallback removes sites, which can renumber keys ("m:linear.input#1" -> "m:linear.input"),
-    so amax is matched by the tensor it measures (producer node and role), not by key.
-    """
-    from .capture import capture
-    from .placement import place
-
-    gm = capture(qm.source_model, qm.example, qm.dynamic_batch)
-    new = place(gm, config)
-    by_tensor = {(s.node, s.role): qm.amax[s.key] for s in qm.placement.sites if s.key in qm.amax}
-    return {s.key: by_tensor[(s.node, s.role)] for s in new.sites
-            if not s.is_weight and s.fixed_amax is None and (s.node, s.role) in by_tensor}
-
-
-def apply_fallback(qm, fallback: Fallback, progress: bool = True):
-    """Search, then build the quantized model whose placement skips the chosen groups."""
-    from .quantize import quantize
-
+def apply_fallback(qm, fallback: Fallback, model, rebuild, progress: bool = True):
+    """Search on `qm`, then `rebuild(config)` the quantized model whose placement skips the chosen
+    groups (same calibration: QuantConfig.fallback keeps every other site's key)."""
     if not isinstance(fallback, Fallback):
         raise TypeError(f"fallback must be a fxq.Fallback(eval_data, max_error), got {type(fallback).__name__}")
-    plan = search(qm, fallback, progress)
+    plan = search(qm, fallback, model, progress)
     if not plan.choices:
         qm.fallback_plan = plan
         return qm
-    config = dataclasses.replace(qm.config, fallback=tuple(dict.fromkeys(qm.config.fallback + plan.groups)))
-    doc = {"amax": _amax_for(qm, config), "batches": qm.calibration_batches}
-    new = quantize(qm.source_model, qm.example, None, config, calibration=doc, dynamic_batch=qm.dynamic_batch,
-                   progress=False)
+    new = rebuild(dataclasses.replace(qm.config, fallback=tuple(dict.fromkeys(qm.config.fallback + plan.groups))))
     new.fallback_gains = {**qm.fallback_gains, **{c.group: c.gain for c in plan.choices}}
     new.fallback_plan = plan
     return new

@@ -73,6 +73,18 @@ def copy_module_stack(new: Node, like: Node) -> None:
             new.meta[key] = like.meta[key]
 
 
+def state_name(node) -> str | None:
+    """The parameter/buffer/constant a node reads directly: a get_attr target, or a placeholder that
+    capture tagged as lifted state (fxq.capture.tag_state). None for everything else."""
+    if not isinstance(node, Node):
+        return None
+    if node.op == "get_attr":
+        return str(node.target)
+    if node.op == "placeholder":
+        return node.meta.get("fxq_state")
+    return None
+
+
 def depends_on_input(node) -> bool:
     """True when `node` reads a graph input (placeholder) upstream; parameters and constants do not."""
     seen, stack = set(), [node]
@@ -80,7 +92,7 @@ def depends_on_input(node) -> bool:
         n = stack.pop()
         if not isinstance(n, Node) or n in seen:
             continue
-        if n.op == "placeholder":
+        if n.op == "placeholder" and state_name(n) is None:
             return True
         seen.add(n)
         stack.extend(n.all_input_nodes)

@@ -3,9 +3,10 @@
 Sensitivity and fallback both ask "what is the error with these groups left in float?" many
 times. Re-capturing and re-calibrating for each answer would take minutes per question, so this
 module edits the one quantized graph instead: a group is left in float by making its consumers
-read the fp8_qdq node's input rather than the node, and restored by putting the saved args back.
-Calibration results are unchanged by this (observers run on the float graph), so the answer is
-the one a fresh placement without that group would give.
+read the float tensor instead of the quantizer node (an fp8_qdq's input; for an FP8 weight read
+through fp8_dequant, the source model's float weight, attached to the graph once), and restored
+by putting the saved args back. Calibration results are unchanged by this (observers run on the
+float graph), so the answer is the one a fresh placement without that group would give.
 """
 from __future__ import annotations
 
@@ -76,11 +77,32 @@ def group_edges(gm: GraphModule, placement: Placement, kinds=("attention", "gemm
     return out
 
 
-class Switch:
-    """Leave sets of edges in float on `gm`, temporarily (`floated`) or for good (`cut`)."""
+DEQUANT = torch.ops.fxq.fp8_dequant.default if hasattr(torch.ops.fxq, "fp8_dequant") else None
+_FLOAT_PREFIX = "fxq_float_weight_"
 
-    def __init__(self, gm: GraphModule):
+
+class Switch:
+    """Leave sets of edges of `gm` in float, temporarily; `close()` removes what it attached."""
+
+    def __init__(self, gm: GraphModule, model: torch.nn.Module):
         self.gm = gm
+        self.state = {**dict(model.named_buffers(remove_duplicate=False)),
+                      **dict(model.named_parameters(remove_duplicate=False))}
+        self.float_of: dict[Node, Node] = {}
+
+    def _float(self, q: Node) -> Node:
+        if DEQUANT is None or q.target is not DEQUANT:
+            return q.args[0]  # fp8_qdq(x, scale): x is the float tensor
+        if q not in self.float_of:  # fp8_dequant(codes): the source model's float weight
+            codes = q.args[0]
+            name = str(codes.target).removesuffix("_fp8")
+            if codes.op != "get_attr" or name not in self.state:
+                raise RuntimeError(f"no float weight {name!r} in the source model for quantizer {q.meta['fxq_site']}")
+            attr = f"{_FLOAT_PREFIX}{len(self.float_of)}"
+            self.gm.register_buffer(attr, self.state[name].detach(), persistent=False)
+            with self.gm.graph.inserting_before(next(iter(self.gm.graph.nodes))):
+                self.float_of[q] = self.gm.graph.get_attr(attr)
+        return self.float_of[q]
 
     @contextlib.contextmanager
     def floated(self, edges: Iterable[tuple[Node, Node]]):
@@ -88,7 +110,7 @@ class Switch:
         for q, c in edges:
             if c not in saved:
                 saved[c] = (c.args, c.kwargs)
-            c.replace_input_with(q, q.args[0])
+            c.replace_input_with(q, self._float(q))
         self.gm.recompile()
         try:
             yield
@@ -96,6 +118,13 @@ class Switch:
             for c, (args, kwargs) in saved.items():
                 c.args, c.kwargs = args, kwargs
             self.gm.recompile()
+
+    def close(self) -> None:
+        for i, node in enumerate(self.float_of.values()):
+            self.gm.graph.erase_node(node)
+            delattr(self.gm, f"{_FLOAT_PREFIX}{i}")
+        self.float_of = {}
+        self.gm.recompile()
 
 
 class Evaluator:

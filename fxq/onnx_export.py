@@ -16,28 +16,42 @@ import onnx
 import onnx_ir as ir
 import torch
 
-from .capture import as_dtype, capture
-from .insert import QDQ, insert_qdq
-from .placement import place
+from . import ops
+from .graph_dtype import program_in_dtype
+from .insert import DEQUANT, QDQ
 
 MIN_OPSET = 19  # first opset with FLOAT8E4M3FN Q/DQ and fp16 scales
 DEFAULT_OPSET = 21  # onnxruntime computes fp16 Q/DQ in fp32 up to 21, as fxq's torch op does
 IR_VERSION = 10
-_NP = {ir.DataType.FLOAT: np.float32, ir.DataType.FLOAT16: np.float16}
+_TORCH_DTYPE = {ir.DataType.FLOAT: torch.float32, ir.DataType.FLOAT16: torch.float16,
+               ir.DataType.BFLOAT16: torch.bfloat16}
 # protobuf cannot serialise 2 GiB; leave headroom for the graph itself.
 EXTERNAL_DATA_BYTES = 2**31 - 2**26
 
 
-def _qdq_translation(opset):
+def _scale_constant(opset, scale: float, dtype: torch.dtype):
+    """The scale as the graph stores it: a scalar in the graph dtype, rounded and clamped as the torch op does."""
+    return opset.Constant(value=ir.tensor(ops.round_scale(scale, dtype)))
+
+
+def _zero_fp8(opset):
+    return opset.Constant(value=ir.tensor(np.zeros((), dtype=np.uint8), dtype=ir.DataType.FLOAT8E4M3FN))
+
+
+def _translations(opset) -> dict:
+    """fxq's two ops as ONNX: fp8_qdq -> QuantizeLinear + DequantizeLinear, fp8_dequant -> DequantizeLinear."""
+
     def fp8_qdq(x, scale: float):
-        if x.dtype == ir.DataType.BFLOAT16:
-            s = opset.Constant(value=ir.tensor(torch.tensor(scale, dtype=torch.bfloat16)))
-        else:
-            s = opset.Constant(value=ir.tensor(np.array(scale, dtype=_NP[x.dtype])))
-        zero = opset.Constant(value=ir.tensor(np.zeros((), dtype=np.uint8), dtype=ir.DataType.FLOAT8E4M3FN))
+        s = _scale_constant(opset, scale, _TORCH_DTYPE[x.dtype])
+        zero = _zero_fp8(opset)
         return opset.DequantizeLinear(opset.QuantizeLinear(x, s, zero), s, zero)
 
-    return fp8_qdq
+    def fp8_dequant(codes, scale: float, dtype: int):
+        # dtype arrives as an ONNX data type number; the scale's dtype sets DequantizeLinear's output dtype.
+        return opset.DequantizeLinear(codes, _scale_constant(opset, scale, _TORCH_DTYPE[ir.DataType(dtype)]),
+                                      _zero_fp8(opset))
+
+    return {QDQ: fp8_qdq, DEQUANT: fp8_dequant}
 
 
 def clean_up(model: ir.Model) -> None:
@@ -100,20 +114,6 @@ class ExportResult:
     post_counts: dict = field(default_factory=dict)  # onnx_post pass -> times it fired
 
 
-def _graph_module_in(qm, dtype: torch.dtype):
-    """The quantized graph in `dtype`: recaptured from the float model so dtype literals match."""
-    if dtype == torch.float32:
-        return qm.graph_module, qm.example
-    model = as_dtype(qm.source_model, dtype)
-    example = qm.example.map(lambda t: t.to(dtype) if t.is_floating_point() else t)
-    gm = capture(model, example, qm.dynamic_batch)
-    placement = place(gm, qm.config)
-    if sorted(placement.keys()) != sorted(qm.placement.keys()):
-        raise RuntimeError(f"placement differs between float32 and {dtype} captures; please report this model")
-    insert_qdq(gm, placement, qm.amax)
-    return gm, example
-
-
 def _save(model: onnx.ModelProto, path: Path) -> None:
     """Write next to the target, then rename: the target is never a half-written file."""
     # Sum tensor bytes rather than ByteSize(): the latter fails on protos past 2 GiB.
@@ -144,17 +144,13 @@ def export_onnx(qm, path, dtype: torch.dtype = torch.float16, opset: int = DEFAU
     path.parent.mkdir(parents=True, exist_ok=True)
     seconds = {}
     t = time.perf_counter()
-    gm, example = _graph_module_in(qm, dtype)
-    from .quantize import export_graph_module
-
-    with _quiet_exporter():
-        ep = export_graph_module(gm, example, qm.dynamic_batch)
-    seconds["capture"] = time.perf_counter() - t
+    ep = program_in_dtype(qm.program, dtype)
+    seconds["convert_dtype"] = time.perf_counter() - t
     t = time.perf_counter()
     with _quiet_exporter():
         program = torch.onnx.export(
             ep, dynamo=True, opset_version=opset, verbose=False, optimize=False,
-            custom_translation_table={QDQ: _qdq_translation(_onnxscript_opset(opset))},
+            custom_translation_table=_translations(_onnxscript_opset(opset)),
         )
         clean_up(program.model)
     model = ir.to_proto(program.model)

@@ -62,3 +62,22 @@ def _fp8_qdq_backward(ctx, grad):
 
 
 fp8_qdq.register_autograd(_fp8_qdq_backward)
+
+
+def quantize_to_fp8(x: torch.Tensor, scale: float) -> torch.Tensor:
+    """FP8 E4M3 codes of x at `scale` (saturating, round to nearest even), as QuantizeLinear makes them."""
+    return torch.clamp(x.detach().float() / float(scale), -FP8_MAX, FP8_MAX).to(FP8_DTYPE)
+
+
+@torch.library.custom_op("fxq::fp8_dequant", mutates_args=())
+def fp8_dequant(codes: torch.Tensor, scale: float, dtype: torch.dtype) -> torch.Tensor:
+    """FP8 codes (a weight stored as FP8) times `scale`, in `dtype`: one DequantizeLinear in ONNX.
+
+    The scale is rounded to `dtype` first, as the exported graph stores it.
+    """
+    return (codes.float() * _graph_scale(float(scale), dtype)).to(dtype)
+
+
+@fp8_dequant.register_fake
+def _(codes: torch.Tensor, scale: float, dtype: torch.dtype) -> torch.Tensor:
+    return torch.empty(codes.shape, dtype=dtype, device=codes.device)

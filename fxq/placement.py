@@ -15,7 +15,7 @@ from . import roles as R
 from .attention import find_attention_blocks, move_scale_to_q, move_views_before_softmax
 from .config import QuantConfig, TensorSpec
 from .errors import ConfigError
-from .graph_utils import aten, matmul_flops, module_path, static_dim
+from .graph_utils import aten, matmul_flops, module_path, shape_of, state_name, static_dim
 
 LAYER_NORMS = {aten.layer_norm.default, aten.native_layer_norm.default}
 
@@ -50,6 +50,8 @@ class Skip:
 SKIP_REASONS = {
     "small_gemm": "GEMM with K or N below config.min_gemm_dim: FP8 gains nothing on it in TensorRT",
     "head_size_out_of_window": "attention head size outside TensorRT's FP8 MHA window (16..256, multiple of 8)",
+    "gemv": "GEMM whose rows are only the batch (a pooler, a classifier on one token, a timestep embedding): "
+    "FP8 gains nothing on a matrix-vector product and its Q/DQ cost time (config.skip_gemv)",
     "disabled_by_config": "the config sets this role to None for this module",
     "probs_without_qkv": "softmax output left in float because Q, K or V is not quantized "
     "(a lone softmax Q/DQ blocks TensorRT's attention fusion)",
@@ -108,23 +110,30 @@ class _Request:
     consumer: Node
     role: str
     module: str
+    fallback: bool = False  # left in FP16 by QuantConfig.fallback: still numbered, so keys stay stable
 
 
 def _gemm_operands(node: Node):
     """(input, weight, K, N) for linear-like GEMMs with a parameter weight, else None."""
-    if node.target is aten.linear.default:
+    if node.target is aten.linear.default and state_name(node.args[1]) is not None:
         x, w = node.args[0], node.args[1]
         n, k = static_dim(w, 0), static_dim(w, 1)
-    elif node.target is aten.addmm.default and isinstance(node.args[2], Node) and node.args[2].op == "get_attr":
+    elif node.target is aten.addmm.default and state_name(node.args[2]) is not None:
         x, w = node.args[1], node.args[2]  # HF Conv1D: addmm(bias, x, W[in, out])
         k, n = static_dim(w, 0), static_dim(w, 1)
-    elif node.target in (aten.matmul.default, aten.mm.default) and isinstance(node.args[1], Node) \
-            and node.args[1].op == "get_attr" and len(node.args[1].meta["val"].shape) == 2:
+    elif node.target in (aten.matmul.default, aten.mm.default) and state_name(node.args[1]) is not None \
+            and len(node.args[1].meta["val"].shape) == 2:
         x, w = node.args[0], node.args[1]  # x @ W[in, out]
         k, n = static_dim(w, 0), static_dim(w, 1)
     else:
         return None
     return x, w, k, n
+
+
+def _is_gemv(x: Node) -> bool:
+    """Rows of the GEMM = the batch alone: every dim of x but dim 0 (batch) and the last (K) is 1."""
+    shape = shape_of(x)
+    return shape is not None and len(shape) >= 2 and all(isinstance(d, int) and d == 1 for d in shape[1:-1])
 
 
 def _head_size_ok(hs: int | None, cfg: QuantConfig) -> bool:
@@ -134,9 +143,11 @@ def _head_size_ok(hs: int | None, cfg: QuantConfig) -> bool:
 def _requests(gm: GraphModule, cfg: QuantConfig, out: Placement) -> list[_Request]:
     reqs: list[_Request] = []
     ids = _GroupIds()
-    for node in gm.graph.nodes:
-        if node.op != "call_function" or (ops := _gemm_operands(node)) is None:
-            continue
+    gemms = [(node, ops) for node in gm.graph.nodes if node.op == "call_function" and (ops := _gemm_operands(node))]
+    # Batch-only rows are GEMV-shaped next to token GEMMs (a transformer's pooler or head); in a
+    # plain MLP on [batch, features] every GEMM has them, and those are the model's real GEMMs.
+    has_token_gemms = any(not _is_gemv(ops[0]) for _, ops in gemms)
+    for node, ops in gemms:
         x, w, k, n = ops
         out.gemms += 1
         mod = module_path(node)
@@ -145,10 +156,13 @@ def _requests(gm: GraphModule, cfg: QuantConfig, out: Placement) -> list[_Reques
         if k is None or n is None or k < cfg.min_gemm_dim or n < cfg.min_gemm_dim:
             out.skips.append(Skip(mod, "gemm", "small_gemm", f"K={k} N={n} < {cfg.min_gemm_dim}"))
             continue
-        if gid in cfg.fallback:
-            out.skips.append(Skip(mod, "gemm", "fallback", gid))
+        if cfg.skip_gemv and has_token_gemms and _is_gemv(x):
+            out.skips.append(Skip(mod, "gemm", "gemv", f"input shape {list(shape_of(x))}"))
             continue
-        reqs += [_Request(x, node, R.LINEAR_INPUT, mod), _Request(w, node, R.LINEAR_WEIGHT, mod)]
+        fb = gid in cfg.fallback
+        if fb:
+            out.skips.append(Skip(mod, "gemm", "fallback", gid))
+        reqs += [_Request(x, node, R.LINEAR_INPUT, mod, fb), _Request(w, node, R.LINEAR_WEIGHT, mod, fb)]
 
     blocks = find_attention_blocks(gm)
     out.views_moved_before_softmax = move_views_before_softmax(gm, blocks)
@@ -163,14 +177,14 @@ def _requests(gm: GraphModule, cfg: QuantConfig, out: Placement) -> list[_Reques
         if not _head_size_ok(b.head_size, cfg):
             out.skips.append(Skip(b.module, "attention", "head_size_out_of_window", f"head size {b.head_size}"))
             continue
-        if gid in cfg.fallback:
+        fb = gid in cfg.fallback
+        if fb:
             out.skips.append(Skip(b.module, "attention", "fallback", gid))
-            continue
         qkv = [(b.bmm1.args[0], b.bmm1, R.ATTN_Q), (b.bmm1.args[1], b.bmm1, R.ATTN_K), (b.bmm2.args[1], b.bmm2, R.ATTN_V)]
-        reqs += [_Request(p, c, role, b.module) for p, c, role in qkv]
+        reqs += [_Request(p, c, role, b.module, fb) for p, c, role in qkv]
         if all(cfg.spec_for(b.module, role) is not None for role in (R.ATTN_Q, R.ATTN_K, R.ATTN_V)):
-            reqs.append(_Request(b.bmm2.args[0], b.bmm2, R.ATTN_PROBS, b.module))
-        else:
+            reqs.append(_Request(b.bmm2.args[0], b.bmm2, R.ATTN_PROBS, b.module, fb))
+        elif not fb:
             out.skips.append(Skip(b.module, R.ATTN_PROBS, "probs_without_qkv"))
     return reqs
 
@@ -190,9 +204,10 @@ def place(gm: GraphModule, config: QuantConfig | None = None) -> Placement:
     for req in requests:
         if req.producer.op == "call_function" and req.producer.target in LAYER_NORMS:
             # A LayerNorm output feeding GEMMs gets one shared quantizer named for the LayerNorm.
-            req = _Request(req.producer, req.consumer, R.LAYER_NORM_OUTPUT, module_path(req.producer))
+            req = _Request(req.producer, req.consumer, R.LAYER_NORM_OUTPUT, module_path(req.producer), req.fallback)
         if cfg.spec_for(req.module, req.role) is None:
-            out.skips.append(Skip(req.module, req.role, "disabled_by_config"))
+            if not req.fallback:
+                out.skips.append(Skip(req.module, req.role, "disabled_by_config"))
             continue
         groups.setdefault(req.producer, []).append(req)
 
@@ -204,9 +219,11 @@ def place(gm: GraphModule, config: QuantConfig | None = None) -> Placement:
         base = f"{first.module}:{first.role}"
         seen[base] += 1
         key = base if seen[base] == 1 else f"{base}#{seen[base] - 1}"
-        consumers = tuple(dict.fromkeys(r.consumer.name for r in reqs))
+        consumers = tuple(dict.fromkeys(r.consumer.name for r in reqs if not r.fallback))
+        if not consumers:  # every reader fell back; its key stays taken, so other keys don't shift
+            continue
         out.sites.append(Site(key, first.role, first.module, producer.name, consumers,
-                              cfg.spec_for(first.module, first.role), producer.op == "get_attr"))
+                              cfg.spec_for(first.module, first.role), state_name(producer) is not None))
     return out
 
 

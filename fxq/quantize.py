@@ -1,8 +1,13 @@
-"""fxq.quantize: capture -> place -> calibrate -> fake-quantized model."""
+"""fxq.quantize: capture -> place -> calibrate -> convert, all on one captured program.
+
+The model is torch.exported once. Placement, observers, the activation fake-quant ops and the FP8
+weights all go into that ExportedProgram; the fake-quant model, `qm.program` and the ONNX export are
+views of it, so nothing reads the source model again.
+"""
 from __future__ import annotations
 
 import difflib
-import re
+import time
 from typing import Any, Iterable, Mapping
 
 import torch
@@ -11,10 +16,10 @@ from torch.fx import GraphModule
 from . import calib_io
 from . import fallback as fb
 from .calibrate import run_calibration
-from .capture import Inputs, capture, export_args
+from .capture import Inputs, capture_program, dynamic_shapes_from_json
 from .config import QuantConfig
 from .errors import CalibrationError, ConfigError
-from .insert import insert_observers, insert_qdq, remove_observers, weight_amax
+from .insert import insert_observers, insert_qdq, own_state, quantize_weights, remove_observers, weight_amax
 from .placement import Placement, place
 from .report import Report
 
@@ -55,51 +60,51 @@ def _amax_from_file(calibration: str | Mapping, placement: Placement) -> tuple[d
 
 
 class QuantizedModel(torch.nn.Module):
-    """A fake-quantized model: runs like the original with FP8 Q/DQ numerics at every site."""
+    """A fake-quantized model: runs like the original with FP8 Q/DQ numerics at every site.
 
-    def __init__(self, graph_module, placement, amax, config, example, source, dynamic_batch, batches):
+    It owns its state (FP8 GEMM weights, copies of the other parameters): editing the source model
+    afterwards changes neither this model nor what export_onnx writes.
+    """
+
+    def __init__(self, program, placement, amax, config, example, model_name, batches, seconds):
         super().__init__()
-        self.graph_module = graph_module
+        self._program = [program]  # a list: the program is not a submodule
         self.placement: Placement = placement
         self.amax: dict[str, float] = amax
         self.config: QuantConfig = config
         self.example: Inputs = example
-        self.dynamic_batch = dynamic_batch
+        self.model_name = model_name
         self.calibration_batches = batches
-        self._source = [source]  # a list, so the float model is not registered as a submodule
-        self._program = None
+        self.seconds = seconds  # stage -> wall seconds (capture, place, calibrate, convert)
+        self._module = None
         self.fallback_gains: dict[str, float] = {}  # group id -> metric gain, for groups left in FP16
-
-    def forward(self, *args, **kwargs):
-        return self.graph_module(*args, **kwargs)
-
-    @property
-    def source_model(self) -> torch.nn.Module:
-        return self._source[0]
 
     @property
     def program(self) -> torch.export.ExportedProgram:
-        """The quantized graph as an ExportedProgram (fxq.fp8_qdq nodes at every site)."""
-        if self._program is None:
-            self._program = export_graph_module(self.graph_module, self.example, self.dynamic_batch)
-        return self._program
+        """The quantized graph as an ExportedProgram (fxq.fp8_qdq on activations, FP8 weight buffers)."""
+        return self._program[0]
+
+    @property
+    def graph_module(self) -> GraphModule:
+        """The program as a runnable module (parameters as attributes), built once."""
+        if self._module is None:
+            self._module = self.program.module()
+        return self._module
+
+    def forward(self, *args, **kwargs):
+        return self.graph_module(*args, **kwargs)
 
     def report(self) -> Report:
         return Report(self.placement, self.amax, self.fallback_gains)
 
     def save_calibration(self, path) -> None:
-        calib_io.save_calibration(path, self.amax, type(self.source_model).__name__, self.config.to_dict(),
-                                  self.calibration_batches, self.fallback_gains)
+        calib_io.save_calibration(path, self.amax, self.model_name, self.config.to_dict(), self.calibration_batches,
+                                  self.fallback_gains)
 
     def export_onnx(self, path, **kwargs):
         from .onnx_export import export_onnx
 
         return export_onnx(self, path, **kwargs)
-
-
-def export_graph_module(gm: GraphModule, example: Inputs, dynamic_batch: bool) -> torch.export.ExportedProgram:
-    example, shapes = export_args(example, dynamic_batch)
-    return torch.export.export(gm, example.args, example.kwargs, dynamic_shapes=shapes, strict=False)
 
 
 def quantize(
@@ -110,6 +115,8 @@ def quantize(
     *,
     calibration: str | Mapping | None = None,
     dynamic_batch: bool = True,
+    dynamic_seq: bool = False,
+    dynamic_shapes: Any = None,
     progress: bool = True,
     fallback: "fb.Fallback | None" = None,
 ) -> QuantizedModel:
@@ -119,6 +126,9 @@ def quantize(
     calib_data: an iterable of batches shaped like example_inputs (max/percentile calibration).
     calibration: instead of calib_data, a saved calibration file (or its loaded dict) to reuse;
         a fallback saved in it applies again unless config names its own.
+    dynamic_batch: dim 0 of every batched input is dynamic (inputs whose dim 0 is not the batch stay static).
+    dynamic_seq: dim 1 of batched integer inputs (token ids, masks) is dynamic too.
+    dynamic_shapes: torch.export dynamic_shapes to use instead (or QuantConfig.dynamic_shapes, JSON form).
     fallback: fxq.Fallback(eval_data, max_error): leave in FP16 the fewest FLOPs that bring the
         metric within max_error (see fxq/fallback.py).
     """
@@ -127,20 +137,42 @@ def quantize(
         raise TypeError(f"config must be a fxq.QuantConfig, got {type(cfg).__name__}")
     cfg, gains = fb.saved_fallback(cfg, calibration)
     example = Inputs.of(example_inputs)
-    gm = capture(model, example, dynamic_batch)
+    if dynamic_shapes is None and cfg.dynamic_shapes is not None:
+        dynamic_shapes = dynamic_shapes_from_json(cfg.dynamic_shapes, example)
+    seconds = {}
+    t = time.perf_counter()
+    ep = capture_program(model, example, dynamic_batch, dynamic_seq, dynamic_shapes)
+    seconds["capture"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    gm = ep.graph_module
     check_overrides(gm, cfg)
     placement = place(gm, cfg)
+    seconds["place"] = time.perf_counter() - t
+
+    t = time.perf_counter()
     if calibration is not None:
         amax, batches = _amax_from_file(calibration, placement)
     elif calib_data is None:
         raise CalibrationError("no calibration: pass calib_data (batches like example_inputs) or calibration=<saved file>")
     else:
         observers = insert_observers(gm, placement)
-        batches = run_calibration(gm, observers, calib_data, example, progress)
+        batches = run_calibration(ep.module(), observers, calib_data, example, progress)
         remove_observers(gm)
         amax = {k: o.result() for k, o in observers.items()}
-    amax.update(weight_amax(gm, placement))
+    seconds["calibrate"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    amax.update(weight_amax(ep, placement))
     insert_qdq(gm, placement, amax)
-    qm = QuantizedModel(gm, placement, amax, cfg, example, model, dynamic_batch, batches)
+    quantize_weights(ep, placement, amax)
+    own_state(ep)
+    seconds["convert"] = time.perf_counter() - t
+    qm = QuantizedModel(ep, placement, amax, cfg, example, type(model).__name__, batches, seconds)
     qm.fallback_gains = gains
-    return qm if fallback is None else fb.apply_fallback(qm, fallback, progress)
+    if fallback is not None:  # search on this model, then build the one that skips what it chose
+        rebuild = lambda c: quantize(model, example_inputs, None, c, calibration={"amax": amax, "batches": batches},  # noqa: E731
+                                     dynamic_batch=dynamic_batch, dynamic_seq=dynamic_seq,
+                                     dynamic_shapes=dynamic_shapes, progress=False)
+        qm = fb.apply_fallback(qm, fallback, model, rebuild, progress)
+    return qm

@@ -91,9 +91,8 @@ def flop_shares(groups: list[GroupEdges], placement) -> dict[str, tuple[float, f
     return out
 
 
-def measure_groups(qm, evaluator: Evaluator, groups: list[GroupEdges], progress: bool = True,
+def measure_groups(switch: Switch, evaluator: Evaluator, groups: list[GroupEdges], progress: bool = True,
                    desc: str = "fxq sensitivity") -> dict[str, float]:
-    switch = Switch(qm.graph_module)
     out = {}
     for ge in tqdm(groups, desc=desc, unit="group", disable=not progress):
         with switch.floated(ge.edges):
@@ -114,18 +113,22 @@ def sensitivity(model, example_inputs, calib_data, eval_data, *, config=None, me
 
     t0 = time.perf_counter()
     qm = quantize(model, example_inputs, calib_data, config, progress=progress)
-    return sensitivity_of(qm, eval_data, metric=metric, progress=progress, t0=t0)
+    return sensitivity_of(qm, model, eval_data, metric=metric, progress=progress, t0=t0)
 
 
-def sensitivity_of(qm, eval_data, *, metric=None, progress: bool = True, t0: float | None = None):
-    """Sensitivity of an already quantized model (fxq.QuantizedModel)."""
+def sensitivity_of(qm, model, eval_data, *, metric=None, progress: bool = True, t0: float | None = None):
+    """Sensitivity of `qm` (an fxq.QuantizedModel of the float `model`)."""
     import time
 
     t0 = time.perf_counter() if t0 is None else t0
-    evaluator = Evaluator(qm.source_model, qm.graph_module, eval_data, metric)
+    evaluator = Evaluator(model, qm.graph_module, eval_data, metric)
     groups = group_edges(qm.graph_module, qm.placement)
     baseline = evaluator.measure()
-    values = measure_groups(qm, evaluator, groups, progress)
+    switch = Switch(qm.graph_module, model)
+    try:
+        values = measure_groups(switch, evaluator, groups, progress)
+    finally:
+        switch.close()
     shares = flop_shares(groups, qm.placement)
     name = "1 - cosine" if metric is None else getattr(metric, "__name__", "metric")
     rows = [Row(ge.group.id, ge.group.kind, ge.group.module, values[ge.group.id], baseline - values[ge.group.id],

@@ -35,6 +35,8 @@ REASONS: dict[str, str] = {
                                  "blocked) scale; TensorRT wants per-tensor activations.",
     "not_fp8": "A DequantizeLinear's input dtype is not FLOAT8E4M3FN.",
     "small_gemm": "K or N is below 16, so FP8 gains nothing; left unquantized by design.",
+    "gemv": "A float GEMM whose rows are only the batch (pooler, classifier on one token): a matrix-vector "
+            "product gains nothing from FP8; left unquantized by design.",
     # attention blocks (Softmax between BMM1 = Q@K^T and BMM2 = P@V)
     "q_not_fp8": "BMM1's Q input is not fed directly by a DequantizeLinear of FP8.",
     "k_not_fp8": "BMM1's K^T input is not fed directly by a DequantizeLinear of FP8.",
@@ -101,7 +103,7 @@ class Readiness:
         skipped = sum(g.skipped for g in self.gemms)
         gemm = f"GEMMs: {ready}/{len(self.gemms)} ready (both inputs DQ)"
         if skipped:
-            gemm += f", {skipped} skipped (K or N < {MIN_GEMM_DIM})"
+            gemm += f", {skipped} skipped (K or N < {MIN_GEMM_DIM}, or GEMV)"
         attn = f"attention: {sum(a.ready for a in self.attention)}/{len(self.attention)} ready"
         return f"{gemm} | {attn} | Casts: {self.casts} | graph dtype: {self.graph_dtype}"
 
@@ -146,8 +148,18 @@ def check_gemm(gi: GraphIndex, node: onnx.NodeProto, fdtype: int) -> GemmRow:
     k, n = _gemm_kn(gi, node)
     if (k is not None and k < MIN_GEMM_DIM) or (n is not None and n < MIN_GEMM_DIM):
         reasons.append("small_gemm")
+    if reasons and set(reasons) <= {"input_a_not_dq", "input_b_not_dq"} and _is_gemv(gi.shape(node.input[0])):
+        reasons, notes = ["gemv"], [f"a: shape {gi.shape(node.input[0])}"]
     return GemmRow(node.name, module_of(node), not reasons, reasons, k, n, "; ".join(notes),
-                   skipped=reasons == ["small_gemm"])
+                   skipped=reasons in (["small_gemm"], ["gemv"]))
+
+
+def _is_gemv(shape) -> bool:
+    """Rows = the batch alone: [batch, (1, ...,) K] with a symbolic or small batch dim."""
+    if shape is None or len(shape) < 2 or any(d != 1 for d in shape[1:-1]):
+        return False
+    b = shape[0]
+    return (isinstance(b, str) and b.isidentifier()) or (isinstance(b, int) and b < MIN_GEMM_DIM)
 
 
 def _check_gemm_input(gi: GraphIndex, name: str, side: str, fdtype: int):

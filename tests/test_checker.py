@@ -128,7 +128,7 @@ def test_small_gemm_is_skipped_by_design():
     (row,) = rep.gemms
     assert (row.ready, row.skipped, row.n) == (False, True, 8)
     assert rep.ready  # skipped GEMMs do not count against the model
-    assert "0/1 ready (both inputs DQ), 1 skipped (K or N < 16)" in rep.summary()
+    assert "0/1 ready (both inputs DQ), 1 skipped (K or N < 16, or GEMV)" in rep.summary()
 
 
 def test_scale_dtype_mismatch_against_graph_dtype():

@@ -15,8 +15,8 @@ EXAMPLE = data(1, 2)[0]
 CALIB, EVAL = data(2), data(2, seed=2)
 
 
-def _metric(qm, batches=EVAL):
-    return Evaluator(qm.source_model, qm.graph_module, batches, None).measure()
+def _metric(qm, model, batches=EVAL):
+    return Evaluator(model, qm.graph_module, batches, None).measure()
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +30,7 @@ def test_budget_met_with_the_fewest_fallbacks(one_sensitive):
     plan = qm.fallback_plan
     assert plan.all_fp8 > 5e-4 and plan.final <= 4e-4
     assert plan.groups == ("a:attention",) and plan.choices[0].gain > 0
-    assert _metric(qm) == pytest.approx(plan.final, rel=1e-9)  # the rebuilt graph is the one measured
+    assert _metric(qm, m) == pytest.approx(plan.final, rel=1e-9)  # the rebuilt graph is the one measured
     assert fp8_attention_blocks(qm.placement) == 1 and fp8_gemm_flop_share(qm.placement) == 1.0
     assert [(k.module, k.what, k.reason) for k in qm.placement.skips] == [("a", "attention", "fallback")]
     assert not [s for s in qm.placement.sites if s.module == "a" and s.role.startswith("attn.")]

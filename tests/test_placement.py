@@ -36,7 +36,9 @@ def test_fake_quant_stays_close_to_float(spelling):
         ref, out = model(*x), qm(*x)
     m = compare(ref, out)
     assert m["sqnr_db"] > 25, m  # E4M3 alone gives ~31 dB on Gaussian data; a misplaced scale drops far lower
-    assert len([n for n in qm.graph_module.graph.nodes if n.target is torch.ops.fxq.fp8_qdq.default]) == 14
+    targets = [n.target for n in qm.graph_module.graph.nodes]
+    assert targets.count(torch.ops.fxq.fp8_qdq.default) == 8  # activations: 2 LN outputs, 2 linear inputs, q, k, v, probs
+    assert targets.count(torch.ops.fxq.fp8_dequant.default) == 6  # FP8 weights: q, k, v, o, fc1, fc2
 
 
 def test_scale_move_keeps_float_numerics():
@@ -105,7 +107,10 @@ def test_quantized_model_holds_an_exported_program_with_every_site():
     qm = fxq.quantize(TinyAttention().eval(), inputs_for("mul_after"), [inputs_for("mul_after", 4)], progress=False)
     ep = qm.program
     assert isinstance(ep, torch.export.ExportedProgram)
-    qdq = [n for n in ep.graph.nodes if n.target is torch.ops.fxq.fp8_qdq.default]
-    assert len(qdq) == len(qm.placement.sites) == 14
-    x = inputs_for("mul_after", 5)  # dynamic batch survives the re-export
+    sites = [n.meta["fxq_site"] for n in ep.graph.nodes
+             if n.target in (torch.ops.fxq.fp8_qdq.default, torch.ops.fxq.fp8_dequant.default)]
+    assert sorted(sites) == sorted(qm.placement.keys()) and len(sites) == 14
+    fp8 = [k for k, v in ep.state_dict.items() if v.dtype == torch.float8_e4m3fn]
+    assert len(fp8) == 6 and not any(k in ep.state_dict for k in ("q.weight", "fc1.weight"))  # float weights are gone
+    x = inputs_for("mul_after", 5)  # dynamic batch survives capture
     assert torch.equal(ep.module()(*x), qm(*x))

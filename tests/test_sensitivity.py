@@ -54,9 +54,13 @@ def test_switch_restores_the_graph_exactly():
     x = data(1, seed=3)[0]
     before = qm(x)
     groups = group_edges(qm.graph_module, qm.placement)
-    with Switch(qm.graph_module).floated([e for g in groups for e in g.edges]):
+    switch = Switch(qm.graph_module, m)
+    with switch.floated([e for g in groups for e in g.edges]):
         floated = qm(x)
     torch.testing.assert_close(floated, m(x), rtol=0, atol=0)  # every group in float = the float model
+    assert torch.equal(qm(x), before)
+    switch.close()
+    assert not [n for n in qm.graph_module.graph.nodes if n.op == "get_attr" and "fxq_float" in str(n.target)]
     assert torch.equal(qm(x), before)
 
 
