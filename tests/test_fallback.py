@@ -120,3 +120,43 @@ def test_unknown_fallback_ids_and_unreachable_budgets_error():
     offset = lambda r, q: 1.0 + float((r - q).abs().mean())  # noqa: E731
     with pytest.raises(ConfigError, match="out of reach"):
         fxq.quantize(m, EXAMPLE, CALIB, fallback=fxq.Fallback(EVAL, 0.5, metric=offset), progress=False)
+
+
+@pytest.fixture(scope="module")
+def vit_folder(tmp_path_factory):
+    import numpy as np
+    import transformers
+    from PIL import Image
+
+    d = tmp_path_factory.mktemp("vit")
+    cfg = transformers.ViTConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+                                 image_size=32, patch_size=8)
+    transformers.ViTModel(cfg).save_pretrained(d / "model")
+    (d / "images").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(d / "images" / f"{i}.png")
+    return d
+
+
+def test_cli_sensitivity_and_fallback(vit_folder, tmp_path, capsys):
+    from fxq.cli import main
+
+    model, images = str(vit_folder / "model"), str(vit_folder / "images")
+    rc = main(["sensitivity", model, "--calib-images", images, "--batch-size", "4", "--plot", str(tmp_path / "s.png"),
+               "--json", str(tmp_path / "s.json"), "--quiet"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "all groups FP8: 1 - cosine" in out and (tmp_path / "s.png").stat().st_size > 1000
+    rows = __import__("json").loads((tmp_path / "s.json").read_text())["rows"]
+    assert {r["kind"] for r in rows} == {"attention", "gemm", "layer_norm"}
+    # a random ViT is far from its float outputs in FP8: a tiny budget needs some groups in FP16
+    rc = main(["quantize", model, "--calib-images", images, "--batch-size", "4", "--fallback-max-error", "1e-5",
+               "--save-calib", str(tmp_path / "c.json"), "--out", str(tmp_path / "m.onnx"), "--quiet"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "fallback: 1 - cosine" in out and "groups in FP16" in out
+    saved = __import__("json").loads((tmp_path / "c.json").read_text())
+    assert saved["fallback"]["groups"] and set(saved["fallback"]["groups"]) == set(saved["config"]["fallback"])
+    for bad in ("-1", "nan"):
+        rc = main(["quantize", model, "--calib-images", images, "--fallback-max-error", bad,
+                   "--out", str(tmp_path / "x.onnx"), "--quiet"])
+        assert rc == 2 and "max_error must be a finite number >= 0" in capsys.readouterr().err
