@@ -291,7 +291,7 @@ def choose_fallback(task, model, qm_default, device, kinds, log, fractions=BUDGE
 
 
 def run_task(task: Task, device: str, out_dir: Path, onnx_rows: list[str], deadline: float, log,
-             fractions=BUDGET_FRACTIONS) -> dict:
+             fractions=BUDGET_FRACTIONS, fractions_attention_fp8=BUDGET_FRACTIONS) -> dict:
     t0 = time.perf_counter()
     secs = {}
     model = task.model.to(device)
@@ -329,9 +329,9 @@ def run_task(task: Task, device: str, out_dir: Path, onnx_rows: list[str], deadl
 
     t = time.perf_counter()
     sweeps = {}
-    for label, kinds in (("fxq FP8 + fallback torch", ("attention", "gemm")),
-                         ("fxq FP8 + fallback, all attention FP8, torch", ("gemm",))):
-        (chosen_info, chosen_qm), sweep = choose_fallback(task, model, qm, device, kinds, log, fractions)
+    for label, kinds, fracs in (("fxq FP8 + fallback torch", ("attention", "gemm"), fractions),
+                                ("fxq FP8 + fallback, all attention FP8, torch", ("gemm",), fractions_attention_fp8)):
+        (chosen_info, chosen_qm), sweep = choose_fallback(task, model, qm, device, kinds, log, fracs)
         sweeps[label] = []
         for sinfo, sqm in sweep:  # every budget on the test set too, for the record
             feats = torch_features(task, sqm, task.test, device)
@@ -459,6 +459,8 @@ def main(argv=None) -> None:
                     help="which variants get an ONNX FP16 row, in order (';'-separated labels)")
     ap.add_argument("--fractions", default=",".join(map(str, BUDGET_FRACTIONS)),
                     help="fallback budgets to try, as fractions of the all-FP8 eval metric")
+    ap.add_argument("--fractions-attention-fp8", default=",".join(map(str, BUDGET_FRACTIONS)),
+                    help="the same, for the fallback that keeps every attention block in FP8 (GEMMs only)")
     ap.add_argument("--onnx-minutes", type=float, default=60.0, help="start no ONNX row after this many minutes")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--report", type=Path, metavar="DIR", help="only write results/accuracy.md from DIR's JSON")
@@ -481,16 +483,17 @@ def main(argv=None) -> None:
     deadline = start + 60 * args.onnx_minutes
     onnx_rows = [k.strip() for k in args.onnx.split(";") if k.strip()]
     fractions = tuple(float(f) for f in args.fractions.split(","))
+    fractions_attn = tuple(float(f) for f in args.fractions_attention_fp8.split(","))
     log = lambda s: print(f"[{time.perf_counter() - start:6.0f} s] {s}", flush=True)  # noqa: E731
     for name in args.tasks.split(","):
         log(f"{name}: loading")
         task = load_task(name, sizes, args.bundle, args.batch)
-        run_task(task, args.device, args.out_dir, onnx_rows, deadline, log, fractions)
+        run_task(task, args.device, args.out_dir, onnx_rows, deadline, log, fractions, fractions_attn)
         note = (f"Linear probe (benchmarks/probe.py, L-BFGS, seed {SEED}) fitted on FP32 torch features of the train "
                 "split, applied unchanged to every variant's features of the same test items. Deltas: paired bootstrap "
                 f"95% CI ({BOOTSTRAP} resamples of the test items, the same resample for both sides). Agreement: share "
                 "of test items whose predicted class equals the FP32 prediction. Fallback budget: the tightest of "
-                f"{fractions} x the all-FP8 metric (1 - cosine of last_hidden_state) on the eval split that keeps "
+                f"{fractions} (all-attention-FP8 variant: {fractions_attn}) x the all-FP8 metric (1 - cosine of last_hidden_state) on the eval split that keeps "
                 f">= {100 * MIN_GEMM_SHARE:.0f}% of GEMM FLOPs in FP8. ONNX: onnxruntime "
                 f"{__import__('onnxruntime').__version__} CPU, default optimizations. torch {torch.__version__}, "
                 f"{platform.node() or 'host'}: {os.cpu_count()} CPU cores"
