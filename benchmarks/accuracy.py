@@ -372,24 +372,10 @@ def run_task(task: Task, device: str, out_dir: Path, onnx_rows: list[str], deadl
         if time.perf_counter() > deadline:
             log(f"  out of time: no {wanted[key]}")
             continue
-        t1 = time.perf_counter()
-        example = {k: v for k, v in task.example.items()}
-        if key == "FP16 ONNX":
-            q = fxq.quantize(cpu_model, example, None, NO_FP8, calibration={"amax": {}}, progress=False)
-        else:  # rebuilt from the saved calibration file: its config (preset, fallback) and amax
-            saved = out_dir / calib_files[key]
-            cfg = fxq.QuantConfig.from_dict(json.loads(saved.read_text())["config"])
-            q = fxq.quantize(cpu_model, example, config=cfg, calibration=saved, progress=False)
-        path = out_dir / f"{task.name}_{len(rows)}.onnx"
-        q.export_onnx(path, dtype=torch.float16)
-        t2 = time.perf_counter()
-        feats = onnx_features(task, path, task.test)
-        rows[wanted[key]] = base.score(feats)
-        info[wanted[key]] = _placement_info(q)
-        path.unlink()
-        r = rows[wanted[key]]
-        log(f"  {wanted[key]}: {100 * r['acc']:.2f}% ({r['delta_pp']:+.2f} pp [{r['ci_lo']:+.2f}, {r['ci_hi']:+.2f}]) "
-            f"export {t2 - t1:.0f} s, ORT {time.perf_counter() - t2:.0f} s")
+        try:
+            _onnx_row(task, base, key, wanted[key], cpu_model, out_dir, calib_files, rows, info, log)
+        except Exception as e:  # keep the rows already measured
+            log(f"  {wanted[key]} failed: {type(e).__name__}: {e}")
         _write(out_dir, result, base)
     secs["ONNX export + ORT eval"] = time.perf_counter() - t
     fp16 = rows.get("FP16 ONNX, no FP8 (ORT)")
@@ -398,6 +384,27 @@ def run_task(task: Task, device: str, out_dir: Path, onnx_rows: list[str], deadl
             r.update({f"vs_{k}": v for k, v in paired_delta(r["correct"], fp16["correct"], base.boot).items()})
     _write(out_dir, result, base)
     return result
+
+
+def _onnx_row(task, base, key, label, cpu_model, out_dir, calib_files, rows, info, log):
+    t1 = time.perf_counter()
+    example = {k: v for k, v in task.example.items()}
+    if key == "FP16 ONNX":
+        q = fxq.quantize(cpu_model, example, None, NO_FP8, calibration={"amax": {}}, progress=False)
+    else:  # rebuilt from the saved calibration file: its config (preset, fallback) and amax
+        saved = out_dir / calib_files[key]
+        cfg = fxq.QuantConfig.from_dict(json.loads(saved.read_text())["config"])
+        q = fxq.quantize(cpu_model, example, config=cfg, calibration=saved, progress=False)
+    path = out_dir / f"{task.name}_{len(rows)}.onnx"
+    q.export_onnx(path, dtype=torch.float16)
+    t2 = time.perf_counter()
+    feats = onnx_features(task, path, task.test)
+    rows[label] = base.score(feats)
+    info[label] = _placement_info(q)
+    path.unlink()
+    r = rows[label]
+    log(f"  {label}: {100 * r['acc']:.2f}% ({r['delta_pp']:+.2f} pp [{r['ci_lo']:+.2f}, {r['ci_hi']:+.2f}]) "
+        f"export {t2 - t1:.0f} s, ORT {time.perf_counter() - t2:.0f} s")
 
 
 def _write(out_dir: Path, result: dict, base: Baseline) -> None:
