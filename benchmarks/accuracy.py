@@ -146,6 +146,11 @@ def load_bundle(name: str, path: Path):
     cfg._attn_implementation = "eager"
     model = cls(cfg)
     sd = {k: v.float() if v.is_floating_point() else v for k, v in b["state_dict"].items()}
+    if not any(".attention.q_proj." in k for k in model.state_dict()):  # transformers < 5.2x names
+        from fxq.zoo import _ATTN_RENAMES
+
+        for old, new in _ATTN_RENAMES.items():
+            sd = {k.replace(new, old): v for k, v in sd.items()}
     missing, unexpected = model.load_state_dict(sd, strict=False)
     missing = [k for k in missing if k != "embeddings.mask_token"]
     if missing or unexpected:
@@ -290,31 +295,7 @@ def choose_fallback(task, model, qm_default, device, kinds, log, fractions=BUDGE
     return (chosen or sweep[0]), sweep
 
 
-def run_task(task: Task, device: str, out_dir: Path, onnx_rows: list[str], deadline: float, log,
-             fractions=BUDGET_FRACTIONS, fractions_attention_fp8=BUDGET_FRACTIONS) -> dict:
-    t0 = time.perf_counter()
-    secs = {}
-    model = task.model.to(device)
-    base = fp32_baseline(task, device)
-    secs["fp32 features + probe"] = time.perf_counter() - t0
-    rows: dict[str, dict] = {"FP32 torch": {"acc": base.correct.mean(), "agreement": 1.0, "cosine": 1.0,
-                                            "delta_pp": 0.0, "ci_lo": 0.0, "ci_hi": 0.0, "correct": base.correct}}
-    info: dict[str, dict] = {}
-    qms = {}
-
-    def torch_row(label, qm):
-        t = time.perf_counter()
-        rows[label] = base.score(torch_features(task, qm, task.test, device))
-        info[label] = _placement_info(qm)
-        qms[label] = qm
-        log(f"  {label}: {100 * rows[label]['acc']:.2f}% ({rows[label]['delta_pp']:+.2f} pp "
-            f"[{rows[label]['ci_lo']:+.2f}, {rows[label]['ci_hi']:+.2f}]) {time.perf_counter() - t:.0f} s")
-
-    t = time.perf_counter()
-    qm = _quantize(task, model, fxq.preset("tensorrt-fp8"), device)
-    secs["fxq quantize"] = time.perf_counter() - t
-    torch_row("fxq FP8 torch", qm)
-
+def _sensitivity(task, qm, model, device, out_dir, secs, result, log):
     t = time.perf_counter()
     sens = sensitivity_of(qm, model, [_to(b, device) for b in task.evals], progress=False)
     secs["sensitivity"] = time.perf_counter() - t
@@ -327,19 +308,59 @@ def run_task(task: Task, device: str, out_dir: Path, onnx_rows: list[str], deadl
     log(f"  sensitivity: {len(sens.rows)} groups in {secs['sensitivity']:.0f} s; top: "
         + ", ".join(f"{r.group} {r.gain:.1e}" for r in sens.sorted_rows()[:3]))
 
+    result.update({"sensitivity_top": [dataclasses.asdict(r) for r in sens.sorted_rows()[:10]],
+                   "sensitivity_all_fp8": sens.baseline})
+
+
+def run_task(task: Task, device: str, out_dir: Path, onnx_rows: list[str], deadline: float, log,
+             fractions=BUDGET_FRACTIONS, fractions_attention_fp8=BUDGET_FRACTIONS, with_sensitivity=True) -> dict:
+    t0 = time.perf_counter()
+    secs = {}
+    model = task.model.to(device)
+    base = fp32_baseline(task, device)
+    secs["fp32 features + probe"] = time.perf_counter() - t0
+    rows: dict[str, dict] = {"FP32 torch": {"acc": base.correct.mean(), "agreement": 1.0, "cosine": 1.0,
+                                            "delta_pp": 0.0, "ci_lo": 0.0, "ci_hi": 0.0, "correct": base.correct}}
+    info: dict[str, dict] = {}
+    qms = {}
+    sweeps: dict[str, list] = {}
+    calib_files: dict[str, str] = {}
+    result = {"task": task.name, "model": task.model_name, "info": task.info, "n_test": len(base.correct),
+              "n_train": len(task.train_labels), "n_calib": sum(len(next(iter(b.values()))) for b in task.calib),
+              "n_eval": sum(len(next(iter(b.values()))) for b in task.evals), "device": device,
+              "rows": rows, "placement": info, "sweeps": sweeps, "seconds": secs, "calib_files": calib_files}
+
+    def torch_row(label, qm, feats=None):
+        t = time.perf_counter()
+        rows[label] = base.score(feats if feats is not None else torch_features(task, qm, task.test, device))
+        info[label] = _placement_info(qm)
+        qms[label] = qm
+        log(f"  {label}: {100 * rows[label]['acc']:.2f}% ({rows[label]['delta_pp']:+.2f} pp "
+            f"[{rows[label]['ci_lo']:+.2f}, {rows[label]['ci_hi']:+.2f}]) {time.perf_counter() - t:.0f} s")
+
     t = time.perf_counter()
-    sweeps = {}
-    for label, kinds, fracs in (("fxq FP8 + fallback torch", ("attention", "gemm"), fractions),
-                                ("fxq FP8 + fallback, all attention FP8, torch", ("gemm",), fractions_attention_fp8)):
+    qm = _quantize(task, model, fxq.preset("tensorrt-fp8"), device)
+    secs["fxq quantize"] = time.perf_counter() - t
+    torch_row("fxq FP8 torch", qm)
+    _write(out_dir, result, base)
+
+    if with_sensitivity:
+        _sensitivity(task, qm, model, device, out_dir, secs, result, log)
+    t = time.perf_counter()
+    variants = [("fxq FP8 + fallback torch", ("attention", "gemm"), fractions),
+                ("fxq FP8 + fallback, all attention FP8, torch", ("gemm",), fractions_attention_fp8)]
+    for label, kinds, fracs in [v for v in variants if v[2]]:
         (chosen_info, chosen_qm), sweep = choose_fallback(task, model, qm, device, kinds, log, fracs)
         sweeps[label] = []
         for sinfo, sqm in sweep:  # every budget on the test set too, for the record
             feats = torch_features(task, sqm, task.test, device)
             r = base.score(feats)
             sweeps[label].append({**sinfo, **{k: v for k, v in r.items() if k != "correct"}})
-        torch_row(label, chosen_qm)
+            if sqm is chosen_qm:
+                torch_row(label, chosen_qm, feats)
         info[label].update({"budget_fraction": chosen_info["fraction"], "max_error": chosen_info["max_error"],
                             "gains": chosen_info["gains"]})
+        _write(out_dir, result, base)
     secs["fallback sweeps"] = time.perf_counter() - t
     torch_row("fxq gemm-only preset torch", _quantize(task, model, fxq.preset("gemm-only"), device))
     for field_name, value, label in (("weight_rounding", "gptq", "fxq FP8 GPTQ weights torch"),
@@ -348,17 +369,10 @@ def run_task(task: Task, device: str, out_dir: Path, onnx_rows: list[str], deadl
             torch_row(label, _quantize(task, model, dataclasses.replace(fxq.QuantConfig(), **{field_name: value}), device))
 
     # Save every variant's calibration: the ONNX rows are rebuilt from these on the CPU.
-    calib_files = {}
     for label, q in qms.items():
         f = out_dir / f"calib_{task.name}_{label.split(' torch')[0].replace(' ', '_').replace(',', '').replace('+', 'plus')}.json"
         q.save_calibration(f)
         calib_files[label] = f.name
-    result = {"task": task.name, "model": task.model_name, "info": task.info, "n_test": len(base.correct),
-              "n_train": len(task.train_labels), "n_calib": sum(len(next(iter(b.values()))) for b in task.calib),
-              "n_eval": sum(len(next(iter(b.values()))) for b in task.evals), "device": device,
-              "rows": rows, "placement": info, "sweeps": sweeps, "seconds": secs, "calib_files": calib_files,
-              "sensitivity_top": [dataclasses.asdict(r) for r in sens.sorted_rows()[:10]],
-              "sensitivity_all_fp8": sens.baseline}
     _write(out_dir, result, base)
 
     # ONNX FP16 rows on the CPU (onnxruntime), most important first, while time allows.
@@ -468,6 +482,7 @@ def main(argv=None) -> None:
                     help="fallback budgets to try, as fractions of the all-FP8 eval metric")
     ap.add_argument("--fractions-attention-fp8", default=",".join(map(str, BUDGET_FRACTIONS)),
                     help="the same, for the fallback that keeps every attention block in FP8 (GEMMs only)")
+    ap.add_argument("--no-sensitivity", action="store_true", help="skip the sensitivity table and plot")
     ap.add_argument("--onnx-minutes", type=float, default=60.0, help="start no ONNX row after this many minutes")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--report", type=Path, metavar="DIR", help="only write results/accuracy.md from DIR's JSON")
@@ -490,12 +505,14 @@ def main(argv=None) -> None:
     deadline = start + 60 * args.onnx_minutes
     onnx_rows = [k.strip() for k in args.onnx.split(";") if k.strip()]
     fractions = tuple(float(f) for f in args.fractions.split(","))
-    fractions_attn = tuple(float(f) for f in args.fractions_attention_fp8.split(","))
+    fractions_attn = () if args.fractions_attention_fp8 == "none" else \
+        tuple(float(f) for f in args.fractions_attention_fp8.split(","))
     log = lambda s: print(f"[{time.perf_counter() - start:6.0f} s] {s}", flush=True)  # noqa: E731
     for name in args.tasks.split(","):
         log(f"{name}: loading")
         task = load_task(name, sizes, args.bundle, args.batch)
-        run_task(task, args.device, args.out_dir, onnx_rows, deadline, log, fractions, fractions_attn)
+        run_task(task, args.device, args.out_dir, onnx_rows, deadline, log, fractions, fractions_attn,
+                 not args.no_sensitivity)
         note = (f"Linear probe (benchmarks/probe.py, L-BFGS, seed {SEED}) fitted on FP32 torch features of the train "
                 "split, applied unchanged to every variant's features of the same test items. Deltas: paired bootstrap "
                 f"95% CI ({BOOTSTRAP} resamples of the test items, the same resample for both sides). Agreement: share "
