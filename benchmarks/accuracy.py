@@ -281,8 +281,12 @@ def choose_fallback(task, model, qm_default, device, kinds, log, fractions=BUDGE
     sweep, chosen = [], None
     for frac in fractions:
         t = time.perf_counter()
-        qm = _quantize(task, model, fxq.preset("tensorrt-fp8"), device,
-                       fallback=fxq.Fallback(evals, frac * all_fp8, kinds=kinds))
+        try:
+            qm = _quantize(task, model, fxq.preset("tensorrt-fp8"), device,
+                           fallback=fxq.Fallback(evals, frac * all_fp8, kinds=kinds))
+        except fxq.ConfigError as e:  # e.g. attention alone keeps the metric above a GEMM-only budget
+            log(f"  fallback {kinds} budget {frac:.2f}x: {e}")
+            continue
         info = {"fraction": frac, "max_error": frac * all_fp8, "all_fp8": all_fp8, "final": qm.fallback_plan.final,
                 "evaluations": qm.fallback_plan.evaluations, "seconds": time.perf_counter() - t,
                 "gains": {c.group: c.gain for c in qm.fallback_plan.choices}, **_placement_info(qm)}
@@ -293,6 +297,52 @@ def choose_fallback(task, model, qm_default, device, kinds, log, fractions=BUDGE
         if info["gemm_fp8_share"] >= MIN_GEMM_SHARE:
             chosen = (info, qm)
     return (chosen or sweep[0]), sweep
+
+
+def onnx_from(task: Task, device_dir: Path, out_dir: Path, rows_wanted: list[str], log) -> None:
+    """ONNX FP16 rows on this CPU for a torch run done elsewhere (its JSON and per-item results).
+
+    The probe is refitted on this machine's FP32 train features (same data, seed and weights), and
+    every delta is paired against the other run's FP32 test results.
+    """
+    doc = json.loads((device_dir / f"accuracy_{task.name}.json").read_text())
+    saved = np.load(device_dir / f"correct_{task.name}.npz")
+    t = time.perf_counter()
+    probe = fit_linear_probe(torch_features(task, task.model, task.train, "cpu"), task.train_labels, seed=SEED)
+    log(f"  probe refitted on CPU features ({time.perf_counter() - t:.0f} s)")
+    correct = saved["FP32 torch"]
+    boot = np.random.default_rng(SEED).integers(0, len(correct), size=(BOOTSTRAP, len(correct)))
+    base = Baseline(task, probe, torch.zeros(0), saved["fp32_preds"], correct, boot)
+    default = fxq.quantize(task.model, task.example, task.calib, progress=False)
+    amax = {"amax": default.amax, "batches": default.calibration_batches}
+    configs = {"FP16 ONNX, no FP8 (ORT)": (NO_FP8, {"amax": {}})}
+    for label, p in doc["placement"].items():
+        base_cfg = fxq.preset("gemm-only") if "gemm-only" in label else fxq.preset("tensorrt-fp8")
+        configs[label.replace(" torch", "").rstrip(",") + " ONNX fp16 (ORT)"] = (
+            dataclasses.replace(base_cfg, fallback=tuple(p["fallback"])), None if "gemm-only" in label else amax)
+    rows = {}
+    for label in rows_wanted:
+        cfg, calib = configs[label]
+        t1 = time.perf_counter()
+        q = fxq.quantize(task.model, task.example, task.calib if calib is None else None, cfg, calibration=calib,
+                         progress=False)
+        path = out_dir / f"{task.name}_cpu.onnx"
+        q.export_onnx(path, dtype=torch.float16)
+        t2 = time.perf_counter()
+        feats = onnx_features(task, path, task.test)
+        preds = probe.predict(feats).numpy()
+        c = (preds == task.test_labels.numpy()).astype(np.float64)
+        rows[label] = {"acc": c.mean(), "agreement": float((preds == base.preds).mean()), "cosine": float("nan"),
+                       **paired_delta(c, correct, boot), "correct": c, **_placement_info(q)}
+        fp16 = rows.get("FP16 ONNX, no FP8 (ORT)")
+        if fp16 is not None and label != "FP16 ONNX, no FP8 (ORT)":
+            rows[label].update({f"vs_{k}": v for k, v in paired_delta(c, fp16["correct"], boot).items()})
+        r = rows[label]
+        log(f"  {label}: {100 * r['acc']:.2f}% ({r['delta_pp']:+.2f} pp [{r['ci_lo']:+.2f}, {r['ci_hi']:+.2f}]) "
+            f"export {t2 - t1:.0f} s, ORT {time.perf_counter() - t2:.0f} s")
+        out = {k: {kk: vv for kk, vv in v.items() if kk != "correct"} for k, v in rows.items()}
+        (out_dir / f"onnx_cpu_{task.name}.json").write_text(json.dumps(out, indent=1, default=float))
+        np.savez_compressed(out_dir / f"onnx_cpu_correct_{task.name}.npz", **{k: v["correct"] for k, v in rows.items()})
 
 
 def _sensitivity(task, qm, model, device, out_dir, secs, result, log):
@@ -485,6 +535,8 @@ def main(argv=None) -> None:
     ap.add_argument("--no-sensitivity", action="store_true", help="skip the sensitivity table and plot")
     ap.add_argument("--onnx-minutes", type=float, default=60.0, help="start no ONNX row after this many minutes")
     ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--onnx-from", type=Path, metavar="DIR",
+                    help="only the ONNX rows (--onnx, ONNX labels), on this CPU, for the torch run in DIR")
     ap.add_argument("--report", type=Path, metavar="DIR", help="only write results/accuracy.md from DIR's JSON")
     args = ap.parse_args(argv)
     torch.manual_seed(SEED)
@@ -511,6 +563,9 @@ def main(argv=None) -> None:
     for name in args.tasks.split(","):
         log(f"{name}: loading")
         task = load_task(name, sizes, args.bundle, args.batch)
+        if args.onnx_from:
+            onnx_from(task, args.onnx_from, args.out_dir, onnx_rows, log)
+            continue
         run_task(task, args.device, args.out_dir, onnx_rows, deadline, log, fractions, fractions_attn,
                  not args.no_sensitivity)
         note = (f"Linear probe (benchmarks/probe.py, L-BFGS, seed {SEED}) fitted on FP32 torch features of the train "
