@@ -535,12 +535,15 @@ def main(argv=None) -> None:
     ap.add_argument("--no-sensitivity", action="store_true", help="skip the sensitivity table and plot")
     ap.add_argument("--onnx-minutes", type=float, default=60.0, help="start no ONNX row after this many minutes")
     ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--n-eval", type=int, help="eval split size (sensitivity, fallback budget) instead of the default")
     ap.add_argument("--onnx-from", type=Path, metavar="DIR",
                     help="only the ONNX rows (--onnx, ONNX labels), on this CPU, for the torch run in DIR")
     ap.add_argument("--report", type=Path, metavar="DIR", help="only write results/accuracy.md from DIR's JSON")
     args = ap.parse_args(argv)
     torch.manual_seed(SEED)
-    sizes = SIZES["quick" if args.quick else "full"]
+    sizes = {k: tuple(v) for k, v in SIZES["quick" if args.quick else "full"].items()}
+    if args.n_eval:
+        sizes = {k: v[:3] + (args.n_eval,) for k, v in sizes.items()}
     if args.save_bundle:
         for name in args.tasks.split(","):
             save_bundle(name, sizes, args.save_bundle)
