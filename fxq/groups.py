@@ -77,7 +77,6 @@ def group_edges(gm: GraphModule, placement: Placement, kinds=("attention", "gemm
     return out
 
 
-DEQUANT = torch.ops.fxq.fp8_dequant.default if hasattr(torch.ops.fxq, "fp8_dequant") else None
 _FLOAT_PREFIX = "fxq_float_weight_"
 
 
@@ -91,12 +90,13 @@ class Switch:
         self.float_of: dict[Node, Node] = {}
 
     def _float(self, q: Node) -> Node:
-        if DEQUANT is None or q.target is not DEQUANT:
-            return q.args[0]  # fp8_qdq(x, scale): x is the float tensor
-        if q not in self.float_of:  # fp8_dequant(codes): the source model's float weight
-            codes = q.args[0]
+        codes = q.args[0]
+        stored = isinstance(codes, Node) and codes.op == "get_attr" and str(codes.target).endswith("_fp8")
+        if not stored:
+            return codes  # fp8_qdq(x, scale): x is the float tensor
+        if q not in self.float_of:  # fp8_dequant(codes, ...) of a stored FP8 weight: the source's float weight
             name = str(codes.target).removesuffix("_fp8")
-            if codes.op != "get_attr" or name not in self.state:
+            if name not in self.state:
                 raise RuntimeError(f"no float weight {name!r} in the source model for quantizer {q.meta['fxq_site']}")
             attr = f"{_FLOAT_PREFIX}{len(self.float_of)}"
             self.gm.register_buffer(attr, self.state[name].detach(), persistent=False)
