@@ -492,9 +492,10 @@ def markdown(docs: list[dict], note: str) -> str:
             vs = (f"{s['vs_delta_pp']:+.2f} [{s['vs_ci_lo']:+.2f}, {s['vs_ci_hi']:+.2f}]" if "vs_delta_pp" in s else "")
             share = f"{100 * p['gemm_fp8_share']:.1f}%" if p else ""
             attn = f"{p['attention_fp8']}/{p['attention_blocks']}" if p else ""
+            cos = "" if s.get("cosine") is None or s["cosine"] != s["cosine"] else f"{s['cosine']:.5f}"  # NaN: not measured
             out.append(f"| {d['task']} | {d['n_test']} | {variant} | {100 * s['acc']:.2f}% | "
                        f"{s['delta_pp']:+.2f} [{s['ci_lo']:+.2f}, {s['ci_hi']:+.2f}] | {vs} | "
-                       f"{100 * s['agreement']:.2f}% | {s['cosine']:.5f} | {share} | {attn} |")
+                       f"{100 * s['agreement']:.2f}% | {cos} | {share} | {attn} |")
     out += ["", "## Fallback budgets (chosen on the eval split; test-set numbers for the record)", "",
             "| task | variant | budget (x all-FP8 eval metric) | groups in FP16 | GEMM FLOPs in FP8 | attention FP8 | "
             "eval metric | test accuracy delta (pp) [95% CI] | agreement | used |", "|---|---|---:|---|---:|---:|---:|---:|---:|---|"]
@@ -549,8 +550,17 @@ def main(argv=None) -> None:
             save_bundle(name, sizes, args.save_bundle)
         return
     if args.report:
-        docs = [json.loads(p.read_text()) for p in sorted(args.report.glob("accuracy_*.json"))]
-        note = docs[0].get("note", "") if docs else ""
+        docs = []
+        for p in sorted(args.report.glob("accuracy_*.json")):
+            d = json.loads(p.read_text())
+            extra = p.parent / f"onnx_cpu_{d['task']}.json"  # ONNX rows measured here for a torch run elsewhere
+            if extra.is_file():
+                for label, r in json.loads(extra.read_text()).items():
+                    d["rows"][label + " *"] = r
+                    d["placement"][label + " *"] = {k: r[k] for k in ("gemm_fp8_share", "attention_fp8",
+                                                                      "attention_blocks", "fallback")}
+            docs.append(d)
+        note = "\n\n".join(d.get("note", "") for d in docs)
         text = markdown(docs, note)
         (ROOT / "results" / "accuracy.md").write_text(text)
         print(text)
