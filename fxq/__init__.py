@@ -5,10 +5,11 @@ from . import roles
 from .capture import capture
 from .config import Override, QuantConfig, RoleSpecs, TensorSpec, preset
 from .errors import CalibrationError, CaptureError, ConfigError, FxqError
+from .center_keys import center_attention_keys
 from .fallback import Fallback
 from .quantize import QuantizedModel, quantize
 from .sensitivity import sensitivity
 
-__all__ = ["quantize", "sensitivity", "Fallback", "capture", "QuantizedModel", "QuantConfig", "RoleSpecs", "TensorSpec", "Override", "preset", "roles",
+__all__ = ["quantize", "sensitivity", "Fallback", "center_attention_keys", "capture", "QuantizedModel", "QuantConfig", "RoleSpecs", "TensorSpec", "Override", "preset", "roles",
            "FxqError", "CaptureError", "CalibrationError", "ConfigError"]
 __version__ = "0.1.0"
