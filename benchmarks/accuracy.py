@@ -299,6 +299,20 @@ def choose_fallback(task, model, qm_default, device, kinds, log, fractions=BUDGE
     return (chosen or sweep[0]), sweep
 
 
+def _local_group_id(group: str, known: set) -> str:
+    """A group id from a run on transformers < 5.2x names (attention.attention.query) in this one's."""
+    from fxq.zoo import _ATTN_RENAMES
+
+    if group in known:
+        return group
+    new = group.replace(".attention.attention:attention", ".attention:attention")
+    for old, renamed in _ATTN_RENAMES.items():
+        new = new.replace(old.rstrip("."), renamed.rstrip("."))
+    if new not in known:
+        raise KeyError(f"group {group!r} ({new!r}) is not in this model")
+    return new
+
+
 def onnx_from(task: Task, device_dir: Path, out_dir: Path, rows_wanted: list[str], log) -> None:
     """ONNX FP16 rows on this CPU for a torch run done elsewhere (its JSON and per-item results).
 
@@ -308,23 +322,34 @@ def onnx_from(task: Task, device_dir: Path, out_dir: Path, rows_wanted: list[str
     doc = json.loads((device_dir / f"accuracy_{task.name}.json").read_text())
     saved = np.load(device_dir / f"correct_{task.name}.npz")
     t = time.perf_counter()
-    probe = fit_linear_probe(torch_features(task, task.model, task.train, "cpu"), task.train_labels, seed=SEED)
+    probe_file = out_dir / f"probe_cpu_{task.name}.pt"
+    if probe_file.is_file():  # a restart reuses it: the train features are the slow part on a CPU
+        probe = torch.load(probe_file, weights_only=False)
+    else:
+        probe = fit_linear_probe(torch_features(task, task.model, task.train, "cpu"), task.train_labels, seed=SEED)
+        torch.save(probe, probe_file)
     log(f"  probe refitted on CPU features ({time.perf_counter() - t:.0f} s)")
     correct = saved["FP32 torch"]
     boot = np.random.default_rng(SEED).integers(0, len(correct), size=(BOOTSTRAP, len(correct)))
     base = Baseline(task, probe, torch.zeros(0), saved["fp32_preds"], correct, boot)
     default = fxq.quantize(task.model, task.example, task.calib, progress=False)
     amax = {"amax": default.amax, "batches": default.calibration_batches}
-    configs = {"FP16 ONNX, no FP8 (ORT)": (NO_FP8, {"amax": {}})}
+    known = {g.id for g in default.placement.groups}
+    configs = {"FP16 ONNX, no FP8 (ORT)": (NO_FP8, {"amax": {}}, task.model),
+               "fxq FP8, K centered, ONNX fp16 (ORT)": (fxq.preset("tensorrt-fp8"), None, None)}
     for label, p in doc["placement"].items():
         base_cfg = fxq.preset("gemm-only") if "gemm-only" in label else fxq.preset("tensorrt-fp8")
+        ids = tuple(_local_group_id(g, known) for g in p["fallback"])
         configs[label.replace(" torch", "").rstrip(",") + " ONNX fp16 (ORT)"] = (
-            dataclasses.replace(base_cfg, fallback=tuple(p["fallback"])), None if "gemm-only" in label else amax)
+            dataclasses.replace(base_cfg, fallback=ids), None if "gemm-only" in label else amax, task.model)
     rows = {}
     for label in rows_wanted:
-        cfg, calib = configs[label]
+        cfg, calib, model = configs[label]
         t1 = time.perf_counter()
-        q = fxq.quantize(task.model, task.example, task.calib if calib is None else None, cfg, calibration=calib,
+        if model is None:  # K centered: a copy of the model with shifted K biases, calibrated afresh
+            model, n = fxq.center_attention_keys(task.model, task.example, task.calib)
+            log(f"  {n} K projections centered")
+        q = fxq.quantize(model, task.example, task.calib if calib is None else None, cfg, calibration=calib,
                          progress=False)
         path = out_dir / f"{task.name}_cpu.onnx"
         q.export_onnx(path, dtype=torch.float16)
