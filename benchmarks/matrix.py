@@ -47,7 +47,7 @@ def run_one(name: str, size: str, attn: str, workdir: Path) -> dict:
         skipped = [k for k in p.skips if k.what == "gemm"]
         row["GEMMs quantized"] = f"{p.gemms - len(skipped)}/{p.gemms}"
         res = qm.export_onnx(workdir / f"{name}_{attn}.onnx", dtype=torch.float16)
-        row["export s"] = f"{res.seconds.get('capture', 0) + res.seconds.get('onnx_export', 0):.1f}"
+        row["export s"] = f"{res.seconds.get('convert_dtype', 0) + res.seconds.get('onnx_export', 0):.1f}"
         row["post s"] = f"{res.seconds.get('post_process', 0):.1f}"
         t = time.perf_counter()
         rep = check_model(res.path)

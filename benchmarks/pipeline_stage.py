@@ -51,7 +51,7 @@ def run_fxq(model, batches: dict, out: Path) -> dict:
     quant = time.perf_counter() - t
     r = qm.export_onnx(out, dtype=torch.float16)
     s = r.seconds
-    return {"quantize": quant, "export": s["capture"] + s["onnx_export"], "post_process": s["post_process"],
+    return {"quantize": quant, "export": s["convert_dtype"] + s["onnx_export"], "post_process": s["post_process"],
             "save": s["save"], "config": "fxq.preset('tensorrt-fp8') (the default QuantConfig)"}
 
 

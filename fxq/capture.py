@@ -115,24 +115,26 @@ def export_args(inputs: Inputs, dynamic_batch: bool, dynamic_seq: bool = False) 
 
 
 def dynamic_shapes_from_json(spec, inputs: Inputs):
-    """A JSON-friendly dynamic_shapes ({"input_ids": {"0": "batch", "1": "seq"}}) as torch.export's.
+    """A JSON-friendly dynamic_shapes ({"input_ids": {"0": "batch", "1": {"name": "seq", "max": 512}}})
+    as torch.export's.
 
-    Equal names share one torch.export.Dim; "auto" is Dim.AUTO. Positional inputs use their index
-    ("0", "1", ...) as the key.
+    A dim is a name or {"name", "min", "max"}; equal names share one torch.export.Dim; "auto" is
+    Dim.AUTO. Positional inputs use their index ("0", "1", ...) as the key.
     """
     if spec is None:
         return None
     dims: dict[str, object] = {}
 
-    def dim(name: str):
+    def dim(v):
+        name, bounds = (v, {}) if isinstance(v, str) else (v["name"], {k: v[k] for k in ("min", "max") if k in v})
         if name == "auto":
             return torch.export.Dim.AUTO
-        return dims.setdefault(name, torch.export.Dim(name))
+        return dims.setdefault(name, torch.export.Dim(name, **bounds))
 
     def one(entry):
         if entry is None:
             return None
-        return {int(k): dim(str(v)) for k, v in entry.items()}
+        return {int(k): dim(v) for k, v in entry.items()}
 
     if inputs.kwargs and not inputs.args:
         return {k: one(spec.get(k)) for k in inputs.kwargs}
@@ -159,8 +161,9 @@ def _no_kv_cache(model: torch.nn.Module, inputs: Inputs):
     if cfg is None or not getattr(cfg, "use_cache", False):
         yield
         return
-    warnings.warn(f"fxq: capturing {type(model).__name__} with use_cache=False (a KV cache cannot be exported)",
-                  stacklevel=4)
+    name = type(model).__name__
+    if getattr(cfg, "is_decoder", False) or "CausalLM" in name or "LMHead" in name:  # encoders never return one
+        warnings.warn(f"fxq: capturing {name} with use_cache=False (a KV cache cannot be exported)", stacklevel=4)
     cfg.use_cache = False
     try:
         yield
@@ -178,10 +181,15 @@ def export_model(model: torch.nn.Module, inputs: Inputs, dynamic_batch: bool = F
     except CaptureError:
         raise
     except Exception as e:  # torch.export raises many types; all mean "cannot capture"
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        lines = str(e).strip().splitlines()
+        first = lines[0] if lines else type(e).__name__
         where = _user_frame(e)
+        # torch's constraint errors end with the dims that would work ("seq = Dim('seq', max=64)"): keep them.
+        fixes = [x.strip() for x in lines[lines.index("Suggested fixes:") + 1:] if "Dim(" in x] \
+            if "Suggested fixes:" in lines else []
         raise CaptureError(
             f"torch.export could not capture {type(model).__name__}: {type(e).__name__}: {first}"
+            + (f"\n  torch suggests: {'; '.join(fixes)}" if fixes else "")
             + (f"\n  at {where}" if where else "")
             + "\n  fix: make that code traceable (no data-dependent Python control flow, no .item()/.tolist() on "
             "activations), or pass example inputs that match the model's forward signature."

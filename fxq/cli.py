@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -50,6 +49,8 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--attn", choices=["eager", "sdpa"], default="eager", help="attention implementation to load")
     q.add_argument("--opset", type=int, default=21, help="ONNX opset (>= 19; default 21)")
     q.add_argument("--static-batch", action="store_true", help="export a fixed batch size instead of a dynamic one")
+    q.add_argument("--dynamic-seq", action="store_true",
+                   help="text models: dynamic sequence length (TensorRT may not fuse FP8 attention then; see fxq check)")
     q.add_argument("--report", action="store_true", help="print the per-quantizer table")
     q.add_argument("--quiet", action="store_true", help="no progress bars")
     q.add_argument("--fallback-max-error", type=float, metavar="X",
@@ -64,16 +65,24 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _config(args):
-    from .config import QuantConfig, preset
+    from .config import preset
+    from .validate import config_file
 
-    if args.config is None:
-        return preset(args.preset)
-    if not args.config.is_file():
-        raise CliError(f"config file {args.config} does not exist")
-    try:
-        return QuantConfig.from_dict(json.loads(args.config.read_text()))
-    except (json.JSONDecodeError, TypeError, ValueError) as e:
-        raise CliError(f"config file {args.config} is not a valid fxq config: {e}") from None
+    return preset(args.preset) if args.config is None else config_file(args.config)
+
+
+def _check_arguments(args) -> None:
+    """Everything that can be checked before loading a model or calibrating (fxq/validate.py)."""
+    from . import validate
+
+    validate.opset(args.opset)
+    validate.seq_len(args.seq_len)
+    validate.output_path(args.out, "--out")
+    if args.save_calib is not None:
+        validate.output_path(args.save_calib, "--save-calib")
+        if args.save_calib.resolve() == args.out.resolve():
+            raise CliError(f"--save-calib and --out are the same file ({args.out}); the ONNX would overwrite the "
+                           "calibration; fix: give the calibration its own name, e.g. model.calib.json")
 
 
 def _calibration_items(args) -> list | None:
@@ -126,15 +135,18 @@ def _quantize(args) -> int:
     from .verify import compare, first_output, run_onnx
     from .zoo import sentence_embedding
 
-    if args.out.exists() and args.out.is_dir():
-        raise CliError(f"--out {args.out} is a directory; give a file path such as {args.out / 'model.onnx'}")
     times = {}
     t = time.perf_counter()
+    _check_arguments(args)
     config = _config(args)
     items = _calibration_items(args)
     if args.quiet:
         transformers.utils.logging.disable_progress_bar()
     source = load_source(args.model, args.seq_len, args.attn)
+    if source.kind == "text":
+        from .validate import seq_len
+
+        seq_len(args.seq_len, getattr(getattr(source.model, "config", None), "max_position_embeddings", None))
     batches, eval_batch = _calibration(args, source, items)
     times["load"] = time.perf_counter() - t
 
@@ -142,7 +154,8 @@ def _quantize(args) -> int:
     example = batches[0] if batches else eval_batch
     fallback = None if args.fallback_max_error is None else fxq.Fallback([eval_batch], args.fallback_max_error)
     qm = fxq.quantize(source.model, example, batches, config, calibration=args.load_calib,
-                      dynamic_batch=not args.static_batch, progress=not args.quiet, fallback=fallback)
+                      dynamic_batch=not args.static_batch, dynamic_seq=args.dynamic_seq, progress=not args.quiet,
+                      fallback=fallback)
     times["quantize+calibrate"] = time.perf_counter() - t
     if args.save_calib:
         qm.save_calibration(args.save_calib)
@@ -155,7 +168,7 @@ def _quantize(args) -> int:
 
     dtype = getattr(torch, DTYPES[args.dtype])
     result = qm.export_onnx(args.out, dtype=dtype, opset=args.opset)
-    times["export"] = result.seconds.get("capture", 0) + result.seconds["onnx_export"] + result.seconds["save"]
+    times["export"] = result.seconds.get("convert_dtype", 0) + result.seconds["onnx_export"] + result.seconds["save"]
     times["post-process"] = result.seconds.get("post_process", 0.0)
 
     t = time.perf_counter()
@@ -180,9 +193,19 @@ def _quantize(args) -> int:
     print(f"\nTensorRT readiness ({result.path}): {readiness.summary()}")
     print(f"\nFP8 vs FP32 on {len(next(iter(eval_inputs.values())))} held-out samples ({source.name}):")
     for label, m in rows:
+        if m.get("nonfinite") or m.get("reference_nonfinite"):
+            which = "FP8" if m.get("nonfinite") else "FP32 reference"
+            n = m.get("nonfinite") or m.get("reference_nonfinite")
+            print(f"  {label:<40} non-finite: {which} output has {n} NaN/inf values")
+            continue
         print(f"  {label:<40} " + "  ".join(f"{k} {v:.4f}" for k, v in m.items()))
     print(f"\nfile: {result.path} ({result.bytes / 2**20:.1f} MiB, {args.dtype}, opset {result.opset})")
     print("time: " + ", ".join(f"{k} {v:.1f}s" for k, v in times.items()))
+    broken = [label for label, m in rows if m.get("nonfinite") or m.get("reference_nonfinite")]
+    if broken:  # a file that computes NaN is not a result: say so and fail
+        print(f"fxq quantize: error: {broken[0]} output is non-finite (NaN/inf) on the evaluation batch; "
+              f"{result.path} is written but unusable; fix: run `fxq check {result.path} --verify`", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -201,6 +224,9 @@ def main(argv: list[str] | None = None) -> int:
 
             return run(args)
         return _quantize(args)
+    except KeyboardInterrupt:
+        print(f"fxq {args.command}: interrupted (no partial output file is left)", file=sys.stderr)
+        return 130
     except (CliError, FxqError, ImportError, OSError, ValueError, TypeError) as e:
         first = str(e).strip().splitlines()
         print(f"fxq {args.command}: error: {first[0] if first else type(e).__name__}", file=sys.stderr)

@@ -13,8 +13,11 @@ from dataclasses import dataclass, field
 from typing import Mapping
 
 from . import roles as R
+from .errors import ConfigError
 
 CALIBRATORS = ("max", "percentile")
+WEIGHT_ROUNDINGS = ("nearest", "gptq")  # how FP8 weight codes are chosen (fxq/weight_rounding.py)
+WEIGHT_AXES = (None, 0)  # None: one scale per weight; 0: one per output channel
 CONFIG_VERSION = 1
 
 
@@ -93,9 +96,14 @@ class QuantConfig:
     head_size_min: int = 16
     head_size_max: int = 256
     head_size_multiple: int = 8
+    # FP8 weight codes: "nearest" rounds each weight alone; "gptq" compensates rounding error across a
+    # GEMM's inputs using the calibration activations (same scale, smaller output error).
+    weight_rounding: str = "nearest"
+    # None: one scale per weight tensor; 0: one per output channel (TensorRT >= 10.6 on Hopper).
+    weight_axis: int | None = None
     # A GEMM whose rows are only the batch (pooler, classifier on one token) gains nothing from FP8.
     skip_gemv: bool = True
-    # torch.export dynamic_shapes in JSON form, e.g. {"input_ids": {"0": "batch", "1": "seq"}}
+    # torch.export dynamic_shapes in JSON form, e.g. {"input_ids": {"0": "batch", "1": {"name": "seq", "max": 512}}}
     # (equal names share a dim, "auto" lets export decide); None: fxq's default (dynamic batch).
     dynamic_shapes: Mapping | None = None
     # GEMM / attention group ids ("<module>:gemm", "<module>:attention") left in FP16, as chosen
@@ -107,6 +115,11 @@ class QuantConfig:
         if not isinstance(self.skip_gemv, bool):
             raise TypeError(f"QuantConfig.skip_gemv must be True or False, got {self.skip_gemv!r}")
         _check_dynamic_shapes(self.dynamic_shapes)
+        if self.weight_rounding not in WEIGHT_ROUNDINGS:
+            raise ValueError(f"QuantConfig.weight_rounding must be one of {WEIGHT_ROUNDINGS}, got {self.weight_rounding!r}")
+        if self.weight_axis not in WEIGHT_AXES or isinstance(self.weight_axis, bool):
+            raise ValueError(f"QuantConfig.weight_axis must be None (per-tensor) or 0 (per output channel), "
+                             f"got {self.weight_axis!r}")
         if isinstance(self.fallback, str) or not all(isinstance(g, str) for g in self.fallback):
             raise TypeError("QuantConfig.fallback must be a tuple of group ids such as 'encoder.layer.0.attention:attention'")
         object.__setattr__(self, "fallback", tuple(self.fallback))
@@ -137,14 +150,18 @@ class QuantConfig:
                 for o in self.overrides
             ],
             **{k: getattr(self, k) for k in ("min_gemm_dim", "head_size_min", "head_size_max", "head_size_multiple",
-                                             "skip_gemv")},
+                                             "skip_gemv", "weight_rounding", "weight_axis")},
             "dynamic_shapes": None if self.dynamic_shapes is None else
-            {k: (None if v is None else dict(v)) for k, v in self.dynamic_shapes.items()},
+            {k: (None if v is None else {d: (n if isinstance(n, str) else dict(n)) for d, n in v.items()})
+             for k, v in self.dynamic_shapes.items()},
             "fallback": list(self.fallback),
         }
 
     @classmethod
     def from_dict(cls, d: Mapping) -> "QuantConfig":
+        from .validate import config_dict
+
+        config_dict(d)  # shape and types, a ConfigError naming the field (fxq/validate.py)
         d = dict(d)
         version = d.pop("version", CONFIG_VERSION)
         if version != CONFIG_VERSION:
@@ -160,7 +177,7 @@ class QuantConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - known
         if unknown:
-            raise ValueError(f"unknown config keys {sorted(unknown)}; known keys: {sorted(known | {'version'})}")
+            raise ConfigError(f"unknown config keys {sorted(unknown)}; known keys: {sorted(known | {'version'})}")
         base = {R.field_name(r): spec(s) for r, s in roles.items()}
         return cls(roles=RoleSpecs(**base), overrides=overrides, **d)
 
@@ -174,10 +191,14 @@ def _check_dynamic_shapes(spec) -> None:
     for name, dims in spec.items():
         if dims is None:
             continue
-        if not isinstance(dims, Mapping) or not all(str(d).isdigit() and isinstance(v, str) and v
-                                                    for d, v in dims.items()):
-            raise TypeError(f"QuantConfig.dynamic_shapes[{name!r}] must map dim indices to dim names "
-                            f'(e.g. {{"0": "batch"}}), got {dims!r}')
+        ok = isinstance(dims, Mapping) and all(
+            str(d).isdigit() and ((isinstance(v, str) and v) or (isinstance(v, Mapping) and isinstance(v.get("name"), str)
+                                  and set(v) <= {"name", "min", "max"}
+                                  and all(isinstance(v[k], int) for k in ("min", "max") if k in v)))
+            for d, v in dims.items())
+        if not ok:
+            raise TypeError(f"QuantConfig.dynamic_shapes[{name!r}] must map dim indices to a dim name or "
+                            f'{{"name", "min", "max"}} (e.g. {{"0": "batch"}}), got {dims!r}')
 
 
 def preset(name: str) -> QuantConfig:

@@ -15,3 +15,7 @@ class CalibrationError(FxqError):
 
 class ConfigError(FxqError, ValueError):
     """A config refers to modules or roles that do not exist."""
+
+
+class InputError(FxqError, ValueError):
+    """An argument fxq was given cannot work: wrong inputs, device, file, path or option."""

@@ -5,6 +5,7 @@ tagged by fxq.capture.tag_state), so the program fxq exports is the one it calib
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, Mapping
 
 import torch
@@ -18,6 +19,7 @@ from .placement import Placement, Site
 
 QDQ = torch.ops.fxq.fp8_qdq.default
 DEQUANT = torch.ops.fxq.fp8_dequant.default
+DEQUANT_AXIS = torch.ops.fxq.fp8_dequant_axis.default
 _OBSERVER_PREFIX = "fxq_observer_"
 
 
@@ -101,7 +103,7 @@ def _add_buffer(ep: torch.export.ExportedProgram, after: Node, target: str, valu
     """A new lifted buffer `target` (placeholder + signature entry), placed right after `after`."""
     specs = ep.graph_signature.input_specs
     with ep.graph.inserting_after(after):
-        node = ep.graph.placeholder(target.replace(".", "_"))
+        node = ep.graph.placeholder("b_" + target.replace(".", "_"))  # torch names lifted buffers b_*
     with after.meta["val"].fake_mode:  # static shape: no new symbols for export's guards
         node.meta["val"] = torch.empty(value.shape, dtype=value.dtype, device=value.device)
     node.meta["fxq_state"] = target
@@ -121,14 +123,25 @@ def _drop_state(ep: torch.export.ExportedProgram, node: Node) -> None:
     ep.graph.erase_node(node)
 
 
+@dataclass(frozen=True)
+class WeightCodes:
+    """A weight's FP8 codes (its stored layout) and their scale: a float, or 1-D along `axis`."""
+
+    codes: torch.Tensor
+    scale: float | torch.Tensor
+    axis: int | None = None
+
+
 def quantize_weights(ep: torch.export.ExportedProgram, placement: Placement, amax: Mapping[str, float],
-                     codes_for: Callable[[Site, torch.Tensor, float], torch.Tensor] | None = None) -> int:
+                     codes_for: Callable[[Site, torch.Tensor, float], torch.Tensor | WeightCodes] | None = None,
+                     ) -> int:
     """Store every quantized GEMM weight as FP8 codes, read through fxq.fp8_dequant.
 
     W (float) -> its E4M3 codes at scale amax/448, held as a buffer of the program; the GEMMs read
     fp8_dequant(codes, scale, dtype). The float weight leaves the program (unless something else,
     such as a tied embedding, still reads it). `codes_for(site, w, scale)` picks the codes (default:
-    round to nearest); returns how many weights were converted.
+    round to nearest): codes at `scale`, or a WeightCodes with its own scale (a 1-D per-channel scale
+    becomes a buffer read by fp8_dequant_axis). Returns how many weights were converted.
     """
     nodes = {n.name: n for n in ep.graph.nodes}
     tensors = state_tensors(ep)
@@ -138,12 +151,18 @@ def quantize_weights(ep: torch.export.ExportedProgram, placement: Placement, ama
         w = tensors[state_name(src)].detach()
         scale = ops.scale_from_amax(amax[site.key])
         codes = codes_for(site, w, scale) if codes_for is not None else ops.quantize_to_fp8(w, scale)
-        buf = _add_buffer(ep, src, f"{state_name(src)}_fp8", codes)
+        chosen = codes if isinstance(codes, WeightCodes) else WeightCodes(codes, scale)
+        buf = _add_buffer(ep, src, f"{state_name(src)}_fp8", chosen.codes)
+        if isinstance(chosen.scale, torch.Tensor):
+            scale_buf = _add_buffer(ep, buf, f"{state_name(src)}_fp8_scale", chosen.scale.detach().float())
+            target, args = DEQUANT_AXIS, (buf, scale_buf, chosen.axis, w.dtype)
+        else:
+            target, args = DEQUANT, (buf, float(chosen.scale), w.dtype)
         consumers = [nodes[c] for c in site.consumers]
         last_placeholder = list(ep.graph.find_nodes(op="placeholder"))[-1]
         with ep.graph.inserting_after(last_placeholder):
-            dq = ep.graph.call_function(DEQUANT, (buf, scale, w.dtype))
-        dq.meta["val"] = fake_call(DEQUANT, (buf, scale, w.dtype))
+            dq = ep.graph.call_function(target, args)
+        dq.meta["val"] = fake_call(target, args)
         copy_module_stack(dq, consumers[0])
         dq.meta["fxq_site"] = site.key
         for c in consumers:

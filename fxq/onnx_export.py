@@ -3,9 +3,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import shutil
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -16,17 +13,18 @@ import onnx
 import onnx_ir as ir
 import torch
 
-from . import ops
+from . import ops, validate
+from .atomic import staging
 from .graph_dtype import program_in_dtype
-from .insert import DEQUANT, QDQ
+from .insert import DEQUANT, DEQUANT_AXIS, QDQ
+from .memory import release_free_memory
+from onnx_post import skeleton
 
-MIN_OPSET = 19  # first opset with FLOAT8E4M3FN Q/DQ and fp16 scales
 DEFAULT_OPSET = 21  # onnxruntime computes fp16 Q/DQ in fp32 up to 21, as fxq's torch op does
 IR_VERSION = 10
-_TORCH_DTYPE = {ir.DataType.FLOAT: torch.float32, ir.DataType.FLOAT16: torch.float16,
-               ir.DataType.BFLOAT16: torch.bfloat16}
 # protobuf cannot serialise 2 GiB; leave headroom for the graph itself.
 EXTERNAL_DATA_BYTES = 2**31 - 2**26
+_TORCH = {ir.DataType.FLOAT: torch.float32, ir.DataType.FLOAT16: torch.float16, ir.DataType.BFLOAT16: torch.bfloat16}
 
 
 def _scale_constant(opset, scale: float, dtype: torch.dtype):
@@ -42,16 +40,22 @@ def _translations(opset) -> dict:
     """fxq's two ops as ONNX: fp8_qdq -> QuantizeLinear + DequantizeLinear, fp8_dequant -> DequantizeLinear."""
 
     def fp8_qdq(x, scale: float):
-        s = _scale_constant(opset, scale, _TORCH_DTYPE[x.dtype])
+        s = _scale_constant(opset, scale, _TORCH[x.dtype])
         zero = _zero_fp8(opset)
         return opset.DequantizeLinear(opset.QuantizeLinear(x, s, zero), s, zero)
 
     def fp8_dequant(codes, scale: float, dtype: int):
         # dtype arrives as an ONNX data type number; the scale's dtype sets DequantizeLinear's output dtype.
-        return opset.DequantizeLinear(codes, _scale_constant(opset, scale, _TORCH_DTYPE[ir.DataType(dtype)]),
+        return opset.DequantizeLinear(codes, _scale_constant(opset, scale, _TORCH[ir.DataType(dtype)]),
                                       _zero_fp8(opset))
 
-    return {QDQ: fp8_qdq, DEQUANT: fp8_dequant}
+    def fp8_dequant_axis(codes, scale, axis: int, dtype: int):
+        # Per-channel weight: the zero point matches the 1-D scale's shape, as ONNX requires.
+        zero = opset.Constant(value=ir.tensor(np.zeros((codes.shape[axis],), dtype=np.uint8),
+                                              dtype=ir.DataType.FLOAT8E4M3FN))
+        return opset.DequantizeLinear(codes, scale, zero, axis=axis)
+
+    return {QDQ: fp8_qdq, DEQUANT: fp8_dequant, DEQUANT_AXIS: fp8_dequant_axis}
 
 
 def clean_up(model: ir.Model) -> None:
@@ -118,17 +122,13 @@ def _save(model: onnx.ModelProto, path: Path) -> None:
     """Write next to the target, then rename: the target is never a half-written file."""
     # Sum tensor bytes rather than ByteSize(): the latter fails on protos past 2 GiB.
     external = sum(len(t.raw_data) for t in model.graph.initializer) > EXTERNAL_DATA_BYTES
-    tmpdir = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
-    try:
+    # The full check, on the graph without a copy of its weights; before saving, which moves
+    # external tensors' data out of the proto.
+    skeleton.check(model)
+    with staging(path, companions=[path.name + ".data"]) as tmpdir:  # fxq/atomic.py: signal-safe rename
         tmp = tmpdir / path.name
         onnx.save(model, tmp, save_as_external_data=external, all_tensors_to_one_file=True,
                   location=path.name + ".data")
-        onnx.checker.check_model(str(tmp), full_check=True)
-        if external:
-            os.replace(tmpdir / (path.name + ".data"), path.parent / (path.name + ".data"))
-        os.replace(tmp, path)
-    finally:
-        shutil.rmtree(tmpdir, ignore_errors=True)
 
 
 def export_onnx(qm, path, dtype: torch.dtype = torch.float16, opset: int = DEFAULT_OPSET,
@@ -136,12 +136,8 @@ def export_onnx(qm, path, dtype: torch.dtype = torch.float16, opset: int = DEFAU
     """Write `qm` as an ONNX file TensorRT can build a strongly typed FP8 engine from."""
     if dtype not in (torch.float16, torch.bfloat16, torch.float32):
         raise ValueError(f"dtype must be torch.float16, torch.bfloat16 or torch.float32, got {dtype}")
-    if opset < MIN_OPSET:
-        raise ValueError(f"opset {opset} has no FLOAT8E4M3FN QuantizeLinear; use opset >= {MIN_OPSET}")
-    path = Path(path)
-    if path.is_dir():
-        raise IsADirectoryError(f"{path} is a directory; give a file path such as {path / 'model.onnx'}")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    validate.opset(opset)
+    path = validate.output_path(path)
     seconds = {}
     t = time.perf_counter()
     ep = program_in_dtype(qm.program, dtype)
@@ -154,13 +150,15 @@ def export_onnx(qm, path, dtype: torch.dtype = torch.float16, opset: int = DEFAU
         )
         clean_up(program.model)
     model = ir.to_proto(program.model)
+    del program, ep  # the ONNX proto holds the weights now
+    release_free_memory()
     seconds["onnx_export"] = time.perf_counter() - t
     counts = {}
     if post_process:
-        from onnx_post.pipeline import run_pipeline
+        from onnx_post import pipeline
 
         t = time.perf_counter()
-        model, counts = run_pipeline(model)
+        model, counts = pipeline.run_pipeline(model)
         seconds["post_process"] = time.perf_counter() - t
     model.ir_version = IR_VERSION
     t = time.perf_counter()

@@ -115,7 +115,7 @@ class _Request:
 
 def _gemm_operands(node: Node):
     """(input, weight, K, N) for linear-like GEMMs with a parameter weight, else None."""
-    if node.target is aten.linear.default and state_name(node.args[1]) is not None:
+    if node.target is aten.linear.default:  # the weight may be computed from parameters (MHA's in_proj split)
         x, w = node.args[0], node.args[1]
         n, k = static_dim(w, 0), static_dim(w, 1)
     elif node.target is aten.addmm.default and state_name(node.args[2]) is not None:
@@ -140,12 +140,30 @@ def _head_size_ok(hs: int | None, cfg: QuantConfig) -> bool:
     return hs is not None and cfg.head_size_min <= hs <= cfg.head_size_max and hs % cfg.head_size_multiple == 0
 
 
+def _reads_attention_output(x: Node, bmm2s: set[Node], depth: int = 6) -> bool:
+    """x is an attention block's BMM2 output, through head-merging views (an O-projection's input)."""
+    while isinstance(x, Node) and depth > 0:
+        if x in bmm2s:
+            return True
+        if x.op != "call_function" or not x.args:
+            return False
+        x, depth = x.args[0], depth - 1
+    return False
+
+
 def _requests(gm: GraphModule, cfg: QuantConfig, out: Placement) -> list[_Request]:
     reqs: list[_Request] = []
     ids = _GroupIds()
+    blocks = find_attention_blocks(gm)
+    out.views_moved_before_softmax = move_views_before_softmax(gm, blocks)
+    if out.views_moved_before_softmax:
+        blocks = find_attention_blocks(gm)  # the softmax nodes were replaced
+    out.attention_blocks = len(blocks)
+    bmm2s = {b.bmm2 for b in blocks}
     gemms = [(node, ops) for node in gm.graph.nodes if node.op == "call_function" and (ops := _gemm_operands(node))]
     # Batch-only rows are GEMV-shaped next to token GEMMs (a transformer's pooler or head); in a
     # plain MLP on [batch, features] every GEMM has them, and those are the model's real GEMMs.
+    # An attention block's O-projection stays FP8 even then: TensorRT's FP8 MHA wants its input Q/DQ.
     has_token_gemms = any(not _is_gemv(ops[0]) for _, ops in gemms)
     for node, ops in gemms:
         x, w, k, n = ops
@@ -156,7 +174,7 @@ def _requests(gm: GraphModule, cfg: QuantConfig, out: Placement) -> list[_Reques
         if k is None or n is None or k < cfg.min_gemm_dim or n < cfg.min_gemm_dim:
             out.skips.append(Skip(mod, "gemm", "small_gemm", f"K={k} N={n} < {cfg.min_gemm_dim}"))
             continue
-        if cfg.skip_gemv and has_token_gemms and _is_gemv(x):
+        if cfg.skip_gemv and has_token_gemms and _is_gemv(x) and not _reads_attention_output(x, bmm2s):
             out.skips.append(Skip(mod, "gemm", "gemv", f"input shape {list(shape_of(x))}"))
             continue
         fb = gid in cfg.fallback
@@ -164,11 +182,6 @@ def _requests(gm: GraphModule, cfg: QuantConfig, out: Placement) -> list[_Reques
             out.skips.append(Skip(mod, "gemm", "fallback", gid))
         reqs += [_Request(x, node, R.LINEAR_INPUT, mod, fb), _Request(w, node, R.LINEAR_WEIGHT, mod, fb)]
 
-    blocks = find_attention_blocks(gm)
-    out.views_moved_before_softmax = move_views_before_softmax(gm, blocks)
-    if out.views_moved_before_softmax:
-        blocks = find_attention_blocks(gm)  # the softmax nodes were replaced
-    out.attention_blocks = len(blocks)
     out.scales_moved_to_q = move_scale_to_q(gm, blocks)
     for b in blocks:
         gid = ids.next(b.module, "attention")

@@ -87,8 +87,8 @@ class FxqQuantizer(Quantizer):
 
 
 def qdq_sites(gm: GraphModule) -> dict[str, float]:
-    """site key -> scale of every fp8_qdq node in a converted graph (to compare placements)."""
-    return {n.meta["fxq_site"]: n.args[1]
-            for n in gm.graph.find_nodes(op="call_function", target=torch.ops.fxq.fp8_qdq.default)}
+    """site key -> scale of every fxq quantizer in a graph: fp8_qdq nodes, and fp8_dequant of FP8 weights."""
+    ops_ = (torch.ops.fxq.fp8_qdq.default, torch.ops.fxq.fp8_dequant.default)
+    return {n.meta["fxq_site"]: n.args[1] for n in gm.graph.nodes if n.op == "call_function" and n.target in ops_}
 
 

@@ -13,14 +13,17 @@ from typing import Any, Iterable, Mapping
 import torch
 from torch.fx import GraphModule
 
-from . import calib_io
+from . import calib_io, validate
 from . import fallback as fb
 from .calibrate import run_calibration
 from .capture import Inputs, capture_program, dynamic_shapes_from_json
 from .config import QuantConfig
 from .errors import CalibrationError, ConfigError
+from .hessian import insert_hessian_observers, weight_hessians, weight_readers
+from .memory import release_free_memory
 from .insert import insert_observers, insert_qdq, own_state, quantize_weights, remove_observers, weight_amax
 from .placement import Placement, place
+from .weight_codes import codes_chooser
 from .report import Report
 
 
@@ -48,15 +51,7 @@ def check_overrides(gm: GraphModule, config: QuantConfig) -> None:
 
 
 def _amax_from_file(calibration: str | Mapping, placement: Placement) -> tuple[dict, int]:
-    doc = calib_io.load_calibration(calibration) if not isinstance(calibration, Mapping) else calibration
-    amax = dict(doc["amax"])
-    missing = [s.key for s in placement.sites if not s.is_weight and s.fixed_amax is None and s.key not in amax]
-    if missing:
-        raise CalibrationError(
-            f"the calibration results lack {len(missing)} quantizers of this model/config, e.g. {missing[:3]}; "
-            "fix: calibrate again with this model and config"
-        )
-    return amax, int(doc.get("batches", 0))
+    return calib_io.calibration_amax(calibration, placement)  # validated like a file: fxq/validate.py
 
 
 class QuantizedModel(torch.nn.Module):
@@ -125,7 +120,9 @@ def quantize(
     example_inputs: a tensor, a tuple of positional inputs, or a dict of keyword inputs.
     calib_data: an iterable of batches shaped like example_inputs (max/percentile calibration).
     calibration: instead of calib_data, a saved calibration file (or its loaded dict) to reuse;
-        a fallback saved in it applies again unless config names its own.
+        a fallback saved in it applies again unless config names its own. With
+        config.weight_rounding="gptq", calib_data is still needed (for the input Hessians), and amax
+        comes from the file.
     dynamic_batch: dim 0 of every batched input is dynamic (inputs whose dim 0 is not the batch stay static).
     dynamic_seq: dim 1 of batched integer inputs (token ids, masks) is dynamic too.
     dynamic_shapes: torch.export dynamic_shapes to use instead (or QuantConfig.dynamic_shapes, JSON form).
@@ -137,6 +134,9 @@ def quantize(
         raise TypeError(f"config must be a fxq.QuantConfig, got {type(cfg).__name__}")
     cfg, gains = fb.saved_fallback(cfg, calibration)
     example = Inputs.of(example_inputs)
+    validate.model(model)  # fxq/validate.py: the checks the CLI runs too
+    validate.example_inputs(model, example)
+    validate.calibration_sources(calib_data, calibration)
     if dynamic_shapes is None and cfg.dynamic_shapes is not None:
         dynamic_shapes = dynamic_shapes_from_json(cfg.dynamic_shapes, example)
     seconds = {}
@@ -151,28 +151,40 @@ def quantize(
     seconds["place"] = time.perf_counter() - t
 
     t = time.perf_counter()
+    gptq = cfg.weight_rounding == "gptq"
+    if calibration is None and calib_data is None:
+        raise CalibrationError("no calibration: pass calib_data (batches like example_inputs) or calibration=<saved file>")
+    if gptq and calib_data is None:
+        raise CalibrationError("config.weight_rounding='gptq' needs calib_data: GPTQ rounds weights with input "
+                               "Hessians, which calibration files do not hold; fix: pass calib_data (with or "
+                               "without calibration=...), or use weight_rounding='nearest'")
     if calibration is not None:
         amax, batches = _amax_from_file(calibration, placement)
-    elif calib_data is None:
-        raise CalibrationError("no calibration: pass calib_data (batches like example_inputs) or calibration=<saved file>")
-    else:
-        observers = insert_observers(gm, placement)
-        batches = run_calibration(ep.module(), observers, calib_data, example, progress)
+    observers = insert_observers(gm, placement) if calibration is None else {}
+    # GPTQ's Hessians: in the same pass as the amax observers, between them and the GEMMs.
+    hessians = insert_hessian_observers(gm, placement) if gptq else {}
+    if calibration is None or hessians:
+        seen = run_calibration(ep.module(), observers, calib_data, example, progress)
         remove_observers(gm)
-        amax = {k: o.result() for k, o in observers.items()}
+        if calibration is None:
+            amax, batches = {k: o.result() for k, o in observers.items()}, seen
+    release_free_memory()  # the calibration activations: otherwise they add to the export's peak
     seconds["calibrate"] = time.perf_counter() - t
 
     t = time.perf_counter()
     amax.update(weight_amax(ep, placement))
     insert_qdq(gm, placement, amax)
-    quantize_weights(ep, placement, amax)
+    layouts = {k: rs[0].transposed for k, rs in weight_readers(gm, placement).items()}
+    quantize_weights(ep, placement, amax, codes_chooser(cfg, layouts, weight_hessians(hessians) if gptq else None))
     own_state(ep)
+    release_free_memory()
     seconds["convert"] = time.perf_counter() - t
     qm = QuantizedModel(ep, placement, amax, cfg, example, type(model).__name__, batches, seconds)
     qm.fallback_gains = gains
     if fallback is not None:  # search on this model, then build the one that skips what it chose
-        rebuild = lambda c: quantize(model, example_inputs, None, c, calibration={"amax": amax, "batches": batches},  # noqa: E731
-                                     dynamic_batch=dynamic_batch, dynamic_seq=dynamic_seq,
+        saved = None if gptq else {"version": calib_io.CALIB_VERSION, "amax": amax, "batches": batches}
+        rebuild = lambda c: quantize(model, example_inputs, calib_data if gptq else None, c,  # noqa: E731
+                                     calibration=saved, dynamic_batch=dynamic_batch, dynamic_seq=dynamic_seq,
                                      dynamic_shapes=dynamic_shapes, progress=False)
         qm = fb.apply_fallback(qm, fallback, model, rebuild, progress)
     return qm

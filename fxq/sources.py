@@ -9,6 +9,7 @@ from typing import Callable
 
 import torch
 
+from . import validate
 from .errors import FxqError
 
 BUILTINS = {
@@ -51,8 +52,10 @@ def _vision_source(name, model, size, mean, std) -> Source:
     mean_t, std_t = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
 
     def encode(images):
-        x = torch.stack([torch.as_tensor(im).permute(2, 0, 1).float() / 255 for im in images])  # (B, 3, H, W)
-        x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        # Resize each image before stacking: a real folder of photos has many sizes.
+        x = torch.cat([torch.nn.functional.interpolate(
+            torch.tensor(im).permute(2, 0, 1)[None].float() / 255, size=(size, size), mode="bilinear",
+            antialias=True, align_corners=False) for im in images])  # (B, 3, size, size)
         return {"pixel_values": (x - mean_t) / std_t}
 
     return Source(name, model, "vision", encode, lambda n: {"pixel_values": torch.randn(n, 3, size, size)})
@@ -65,8 +68,10 @@ def _from_folder(path: Path, seq_len: int, attn: str) -> Source:
         raise FxqError(f"{path} is not a Hugging Face model folder (no config.json); fix: pass a folder saved with "
                        f"save_pretrained, or a built-in name ({', '.join(BUILTINS)})")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    validate.model_folder(path)  # safetensors only (never unpickle), and not truncated
     cfg = transformers.AutoConfig.from_pretrained(path)
-    model = transformers.AutoModel.from_pretrained(path, attn_implementation=attn, dtype=torch.float32).eval()
+    model = transformers.AutoModel.from_pretrained(path, attn_implementation=attn, dtype=torch.float32,
+                                                   use_safetensors=True).eval()
     size = getattr(cfg, "image_size", None)
     if isinstance(size, int) and not hasattr(cfg, "vocab_size"):
         mean, std = [0.5] * 3, [0.5] * 3
@@ -100,9 +105,7 @@ def load_source(name_or_path: str, seq_len: int = 64, attn: str = "eager") -> So
 
 
 def read_texts(path: Path) -> list[str]:
-    if not path.is_file():
-        raise FxqError(f"calibration text file {path} does not exist; fix: give a file with one sentence per line")
-    texts = [t.strip() for t in path.read_text(errors="replace").splitlines() if t.strip()]
+    texts = [t.strip() for t in validate.text_file(path).splitlines() if t.strip()]
     if not texts:
         raise FxqError(f"calibration text file {path} has no non-empty lines")
     return texts
@@ -117,7 +120,27 @@ def read_images(folder: Path) -> list:
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise FxqError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {folder}")
-    return [np.asarray(Image.open(p).convert("RGB")) for p in files]
+    images = []
+    for p in files:
+        try:
+            with Image.open(p) as im:
+                images.append(_rgb8(im))
+        except (OSError, ValueError) as e:  # PIL.UnidentifiedImageError is an OSError
+            raise FxqError(f"calibration image {p} cannot be read ({str(e).splitlines()[0] if str(e) else type(e).__name__});"
+                           " fix: remove it or save it again as PNG/JPEG") from None
+    return images
+
+
+def _rgb8(im) -> "np.ndarray":
+    """HxWx3 uint8. 16-bit and 32-bit grey images are scaled to 0..255; convert('RGB') would clip them to white."""
+    import numpy as np
+
+    if im.mode.startswith("I;16") or im.mode in ("I", "F"):
+        a = np.asarray(im, dtype=np.float64)
+        top = 1.0 if im.mode == "F" and a.max(initial=0) <= 1.0 else 65535.0  # float images in [0, 1]
+        grey = np.clip(np.nan_to_num(a) / top * 255.0, 0, 255).round().astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=2)
+    return np.asarray(im.convert("RGB"))
 
 
 def batched(items: list, size: int) -> list[list]:

@@ -14,10 +14,17 @@ def _flat(x) -> np.ndarray:
 
 
 def compare(reference, actual) -> dict:
-    """cosine similarity, max |diff| and SQNR (dB) of `actual` against `reference`."""
+    """cosine similarity, max |diff| and SQNR (dB) of `actual` against `reference`.
+
+    If either holds NaN/inf the metrics are NaN and `nonfinite` (and `reference_nonfinite`, when the
+    reference is at fault) count the bad values; callers must treat that as a failure."""
     r, a = _flat(reference), _flat(actual)
     if r.shape != a.shape:
         raise ValueError(f"shapes differ: reference {r.shape} vs actual {a.shape}")
+    bad_r, bad_a = int(np.sum(~np.isfinite(r))), int(np.sum(~np.isfinite(a)))
+    if bad_r or bad_a:  # NaN makes every metric meaningless (and noise > 0 false: no "sqnr inf")
+        out = {"cosine": float("nan"), "max_abs": float("nan"), "sqnr_db": float("nan"), "nonfinite": bad_a}
+        return {**out, "reference_nonfinite": bad_r} if bad_r else out
     noise = np.sum((r - a) ** 2)
     denom = np.linalg.norm(r) * np.linalg.norm(a)
     return {

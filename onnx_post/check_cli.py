@@ -9,15 +9,19 @@ import textwrap
 from google.protobuf.message import DecodeError
 
 from onnx_post.checker import REASONS, NotOnnxModelError, check_model
+from onnx_post.checker_numeric import ExternalDataError
+from onnx_post.checker_verify import VerifyError, format_verify, verify_outputs
 
 EPILOG = """\
 example:
   fxq check out/vit_fp8.onnx            # per-layer table, then the summary line
   fxq check out/vit_fp8.onnx --strict   # exit 1 if any GEMM or attention block is not ready
   fxq check model.onnx --json > readiness.json
+  fxq check model.onnx --verify         # also run onnxruntime on random inputs; exit 1 on NaN/inf outputs
 
-exit codes: 0 checked (and, with --strict, all ready), 1 --strict and something is not ready
-(GEMMs with K or N < 16 are skipped by design and do not count), 2 bad arguments or unreadable file.
+exit codes: 0 checked (and, with --strict, all ready), 1 not ready with --strict (GEMMs with K or N
+< 16 are skipped by design and do not count; numeric problems do count), or --verify found non-finite
+outputs, 2 bad arguments or a file that cannot be read (not ONNX, truncated external data, ...).
 
 reason codes:
 """ + "\n".join(textwrap.fill(text, 100, initial_indent=f"  {code:27}", subsequent_indent=" " * 29)
@@ -33,6 +37,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--strict", action="store_true",
                    help="exit 1 when anything is not ready (for CI)")
+    p.add_argument("--verify", action="store_true",
+                   help="run onnxruntime on random inputs of the declared shapes; exit 1 on NaN/inf outputs")
     return p
 
 
@@ -50,7 +56,19 @@ def main(argv: list[str] | None = None) -> int:
     except (DecodeError, NotOnnxModelError):
         return _error(f"{args.model} is not an ONNX model",
                       "pass a .onnx file written by torch.onnx.export, fxq or ModelOpt")
-    print(json.dumps(rep.to_dict(), indent=2) if args.json else rep.format_table())
+    except ExternalDataError as e:
+        return _error(f"cannot read {args.model}: {e}", "copy the complete .data file next to the model")
+    except OSError as e:
+        return _error(f"cannot read {args.model}: {e.strerror or e}", "check the file and its permissions")
+    if args.verify:
+        try:
+            rep.verify = verify_outputs(args.model)
+        except VerifyError as e:
+            return _error(f"{args.model}: {e}", "check the file with onnx.checker.check_model")
+    text = rep.format_table() + ("\n\n" + format_verify(rep.verify) if rep.verify else "")
+    print(json.dumps(rep.to_dict(), indent=2) if args.json else text)
+    if rep.verify is not None and not rep.verify["ok"]:
+        return 1
     return 1 if args.strict and not rep.ready else 0
 
 

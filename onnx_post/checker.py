@@ -21,6 +21,7 @@ import onnx
 
 from onnx_post.checker_graph import (FLOAT_TYPES, FP8, AttentionBlock, GraphIndex, attr,
                                      dtype_name, find_attention_blocks, module_of, walk_forward)
+from onnx_post.checker_numeric import NUMERIC_REASONS, NumericRow, check_external_data, check_numeric
 
 REASONS: dict[str, str] = {
     # GEMM (MatMul / Gemm), both inputs
@@ -33,6 +34,8 @@ REASONS: dict[str, str] = {
     "zero_point_nonzero": "A DequantizeLinear zero point is not a constant 0.",
     "activation_not_per_tensor": "An activation DequantizeLinear has a non-scalar (per-channel or "
                                  "blocked) scale; TensorRT wants per-tensor activations.",
+    "weight_scale_not_per_channel": "A weight DequantizeLinear's scale is neither per-tensor nor 1-D along the "
+                                    "GEMM's output-channel (N) axis, the only per-channel form TensorRT takes.",
     "not_fp8": "A DequantizeLinear's input dtype is not FLOAT8E4M3FN.",
     "small_gemm": "K or N is below 16, so FP8 gains nothing; left unquantized by design.",
     "gemv": "A float GEMM whose rows are only the batch (pooler, classifier on one token): a matrix-vector "
@@ -54,6 +57,8 @@ REASONS: dict[str, str] = {
                        "prevent FP8 MHA fusion (dynamic batch is fine).",
     "output_not_quantized": "BMM2's output does not reach QuantizeLinear -> DequantizeLinear "
                             "(through Transpose/Reshape) before the next GEMM.",
+    # values (onnx_post/checker_numeric.py): structurally fine, numerically broken
+    **NUMERIC_REASONS,
 }
 
 MIN_GEMM_DIM = 16
@@ -91,12 +96,14 @@ class Readiness:
     attention: list[AttentionRow] = field(default_factory=list)
     graph_dtype: str = "float32"
     casts: int = 0
+    numeric: list[NumericRow] = field(default_factory=list)  # bad scales / initializer values
+    verify: dict | None = None  # `fxq check --verify`: onnxruntime on random inputs
 
     @property
     def ready(self) -> bool:
-        """Every GEMM ready (or skipped by design) and every attention block ready."""
+        """Every GEMM ready (or skipped by design), every attention block ready, no numeric problem."""
         return (all(g.ready or g.skipped for g in self.gemms)
-                and all(a.ready for a in self.attention))
+                and all(a.ready for a in self.attention) and not self.numeric)
 
     def summary(self) -> str:
         ready = sum(g.ready for g in self.gemms)
@@ -105,7 +112,9 @@ class Readiness:
         if skipped:
             gemm += f", {skipped} skipped (K or N < {MIN_GEMM_DIM}, or GEMV)"
         attn = f"attention: {sum(a.ready for a in self.attention)}/{len(self.attention)} ready"
-        return f"{gemm} | {attn} | Casts: {self.casts} | graph dtype: {self.graph_dtype}"
+        numeric = (f" | numeric problems: {len(self.numeric)} ({','.join(sorted({r.reason for r in self.numeric}))})"
+                   if self.numeric else "")  # only shown when there are some
+        return f"{gemm} | {attn}{numeric} | Casts: {self.casts} | graph dtype: {self.graph_dtype}"
 
     def format_table(self) -> str:
         gemm_rows = [[_status(g.ready, g.skipped), g.module, g.name, _num(g.k), _num(g.n),
@@ -116,6 +125,9 @@ class Readiness:
                  _table(["status", "module", "node", "K", "N", "reasons", "detail"], gemm_rows),
                  "", f"Attention blocks ({len(self.attention)})",
                  _table(["status", "module", "softmax", "head", "reasons", "detail"], attn_rows),
+                 "", f"Numeric problems ({len(self.numeric)})",
+                 _table(["reason", "tensor", "node", "detail"],
+                        [[r.reason, r.tensor, r.node or "-", r.detail] for r in self.numeric]),
                  "", self.summary()]
         return "\n".join(parts)
 
@@ -124,6 +136,8 @@ class Readiness:
                 "casts": self.casts,
                 "gemms": [dataclasses.asdict(g) for g in self.gemms],
                 "attention": [dataclasses.asdict(a) for a in self.attention],
+                "numeric": [dataclasses.asdict(r) for r in self.numeric],
+                **({"verify": self.verify} if self.verify is not None else {}),
                 "reasons": dict(REASONS)}
 
 
@@ -135,14 +149,14 @@ def check_model(model_or_path: onnx.ModelProto | str | Path) -> Readiness:
     gemms = [check_gemm(gi, n, fdtype) for n in gi.nodes if n.op_type in ("MatMul", "Gemm")]
     attention = [check_attention(gi, b) for b in find_attention_blocks(gi)]
     casts = sum(n.op_type == "Cast" for n in gi.nodes)
-    return Readiness(gemms, attention, FLOAT_TYPES[fdtype], casts)
+    return Readiness(gemms, attention, FLOAT_TYPES[fdtype], casts, check_numeric(gi))
 
 
 def check_gemm(gi: GraphIndex, node: onnx.NodeProto, fdtype: int) -> GemmRow:
     reasons: list[str] = []
     notes: list[str] = []
     for side, name in zip("ab", node.input[:2]):
-        r, d = _check_gemm_input(gi, name, side, fdtype)
+        r, d = _check_gemm_input(gi, name, side, fdtype, _output_channel_axis(gi, node) if side == "b" else None)
         reasons += [x for x in r if x not in reasons]
         notes += d
     k, n = _gemm_kn(gi, node)
@@ -162,7 +176,15 @@ def _is_gemv(shape) -> bool:
     return (isinstance(b, str) and b.isidentifier()) or (isinstance(b, int) and b < MIN_GEMM_DIM)
 
 
-def _check_gemm_input(gi: GraphIndex, name: str, side: str, fdtype: int):
+def _output_channel_axis(gi: GraphIndex, node: onnx.NodeProto) -> int | None:
+    """The axis of the 2-D B input that indexes output channels (N), else None."""
+    shape = gi.shape(node.input[1])
+    if shape is None or len(shape) != 2:
+        return None
+    return 0 if node.op_type == "Gemm" and attr(node, "transB", 0) else 1
+
+
+def _check_gemm_input(gi: GraphIndex, name: str, side: str, fdtype: int, out_axis: int | None = None):
     dq = gi.producer.get(name)
     if dq is None or dq.op_type != "DequantizeLinear":
         return [f"input_{side}_not_dq"], [f"{side}: from {gi.describe(name)}"]
@@ -178,6 +200,11 @@ def _check_gemm_input(gi: GraphIndex, name: str, side: str, fdtype: int):
         if not stored or x_type != FP8:
             reasons.append("weight_not_fp8_initializer")
             notes.append(f"{side}: weight from {gi.describe(x)}")
+        scale_shape = gi.shape(scale)
+        if gi.numel(scale) != 1 and not (out_axis is not None and scale_shape is not None and len(scale_shape) == 1
+                                         and attr(dq, "axis", 1) % 2 == out_axis and not attr(dq, "block_size", 0)):
+            reasons.append("weight_scale_not_per_channel")
+            notes.append(f"{side}: weight scale shape {scale_shape}, axis {attr(dq, 'axis', 1)}")
     elif gi.numel(scale) != 1 or attr(dq, "block_size", 0):
         reasons.append("activation_not_per_tensor")
         notes.append(f"{side}: scale shape {gi.shape(scale)}")
@@ -296,6 +323,7 @@ def _load(model_or_path) -> tuple[onnx.ModelProto, str]:
     model = onnx.load(str(path), load_external_data=False)
     if not model.HasField("graph") and not model.opset_import:
         raise NotOnnxModelError(f"{path} holds no ONNX graph")
+    check_external_data(model, str(path.parent))  # a truncated .data is an I/O error, not a graph finding
     return model, str(path.parent)
 
 

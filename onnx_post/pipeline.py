@@ -11,6 +11,7 @@ from .passes.constants import fold_constant_weight_inputs
 from .passes.masks import remove_zero_masks
 from .passes.transposes import fuse_transpose_pairs
 from .passes.weights import fold_weight_quantize, pretranspose_weights, unshare_weight_dq
+from .skeleton import infer_shapes
 
 G_LOGGER.severity = G_LOGGER.ERROR  # its colour/FP8 warnings are noise for fxq users
 
@@ -41,8 +42,7 @@ def run_passes(graph: gs.Graph, passes=PASSES) -> dict[str, int]:
 
 
 def run_pipeline(model: onnx.ModelProto, passes=PASSES) -> tuple[onnx.ModelProto, dict[str, int]]:
-    if model.ByteSize() < 2**31:  # shapes and dtypes on every tensor let passes check broadcasting
-        model = onnx.shape_inference.infer_shapes(model, data_prop=True)
+    infer_shapes(model)  # shapes and dtypes on every tensor let passes check broadcasting
     graph = gs.import_onnx(model)
     counts = run_passes(graph, passes)
     out = gs.export_onnx(graph, do_type_check=True)

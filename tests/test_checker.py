@@ -240,10 +240,14 @@ def test_head_size_unknown_without_shapes():
 def test_reasons_legend_covers_every_code():
     codes = {"input_a_not_dq", "input_b_not_dq", "weight_not_fp8_initializer",
              "scale_dtype_mismatch", "zero_point_nonzero", "activation_not_per_tensor", "not_fp8",
-             "small_gemm", "q_not_fp8", "k_not_fp8", "v_not_fp8", "softmax_not_quantized",
+             "small_gemm", "gemv", "q_not_fp8", "k_not_fp8", "v_not_fp8", "softmax_not_quantized",
              "softmax_scale_not_1_448", "scale_after_bmm1", "cast_in_block",
              "head_size_out_of_window", "head_size_unknown", "dynamic_seq_len",
-             "output_not_quantized"}
+             "output_not_quantized",
+             # numeric checks (tests/test_checker_numeric.py)
+             "scale_zero", "scale_subnormal", "scale_nonfinite", "scale_negative", "fp8_nan_code",
+             "fp16_inf", "initializer_nan"}
+    codes |= {"weight_scale_not_per_channel"}  # per-tensor or 1-D along N for weights (c8b)
     assert set(REASONS) == codes and all(REASONS.values())
 
 

@@ -66,7 +66,7 @@ def test_quantize_text_folder_with_text_file(bert_folder, tmp_path, capsys):
 
 @pytest.mark.parametrize("args,message", [
     (["no/such/model"], "neither a built-in"),
-    (["{vit}", "--calib-text", "{vit}/../images/0.png"], "needs a text model"),
+    (["{vit}", "--calib-text", "{tmp}/s.txt"], "needs a text model"),
     (["{vit}", "--calib-images", "{tmp}"], "no images"),
     (["{vit}", "--calib-images", "{tmp}/missing"], "does not exist"),
     (["{vit}"], "no calibration data"),
@@ -77,6 +77,7 @@ def test_quantize_text_folder_with_text_file(bert_folder, tmp_path, capsys):
 ])
 def test_bad_input_gives_one_line_error(vit_folder, tmp_path, capsys, args, message):
     (tmp_path / "bad.json").write_text(json.dumps({"version": 1, "min_gem_dim": 3}))
+    (tmp_path / "s.txt").write_text("a sentence\n")
     fill = lambda a: a.format(vit=vit_folder / "model", tmp=tmp_path)  # noqa: E731
     argv = ["quantize", *map(fill, args), "--out", str(tmp_path / "x.onnx"), "--quiet"]
     if message is None:

@@ -28,9 +28,9 @@ CASTS = {
     "bert": 1, "distilbert": 1,  # int64 padding mask -> bool, feeding the mask's GatherND
     "clip_text": 2,  # int ids -> int32 and Equal -> int32 for the pooled-token ArgMax
     "gpt2": 1,  # bool -> int64 before the position-id CumSum
-    # int64 mask -> bool (1); per RMSNorm (5 of them) f16->f32 and back, for the variance (10);
-    # HF's fp16 overflow clamp, 5 Casts per sub-layer x 4 (20). All run in float32 on purpose.
-    "t5_encoder": 31,
+    # int64 mask -> bool. The FP16 graph is the float32 capture converted on the graph: T5's float32
+    # RMSNorm variance runs in fp16 too, and HF's fp16-only overflow clamp (a branch on dtype) is not there.
+    "t5_encoder": 1,
 }
 # The fp32 ONNX computes what qm computes (same Q/DQ sites and scales); only float rounding order
 # differs, which can flip a rare FP8 code. Measured cosine 1 - 1e-13; 0.999 leaves room for flips.
@@ -51,7 +51,7 @@ def test_family_end_to_end(name, tmp_path):
     blocks = ATTENTION_BLOCKS.get(name, 2)
     p = qm.placement
     assert p.attention_blocks == blocks
-    assert p.skips == [], qm.report().table()
+    assert [k for k in p.skips if k.reason != "gemv"] == [], qm.report().table()
     assert {r: p.count(r) for r in ("attn.q", "attn.k", "attn.v", "attn.probs")} == dict.fromkeys(
         ("attn.q", "attn.k", "attn.v", "attn.probs"), blocks)
 
@@ -61,7 +61,9 @@ def test_family_end_to_end(name, tmp_path):
     assert [a.reasons for a in rep.attention if not a.ready] == [], rep.format_table()
     big = [g for g in rep.gemms if (g.k or 0) >= 16 and (g.n or 0) >= 16]
     assert len(big) == p.gemms + 2 * blocks  # linears plus BMM1 and BMM2 of every block
-    assert [(g.name, g.reasons) for g in big if not g.ready] == [], rep.format_table()
+    gemv = sum(k.reason == "gemv" for k in p.skips)
+    assert [(g.name, g.reasons) for g in big if not g.ready and g.reasons != ["gemv"]] == [], rep.format_table()
+    assert sum(g.reasons == ["gemv"] for g in big) == gemv
     assert rep.casts == CASTS.get(name, 0)
     _assert_no_cast_next_to_qdq(res.path)
 
@@ -100,7 +102,7 @@ def test_unlisted_family_needs_no_new_code(name, tmp_path):
     rep = check_model(qm.export_onnx(tmp_path / "m.onnx", dtype=torch.float16).path)
     assert len(rep.attention) == qm.placement.attention_blocks
     assert [a.reasons for a in rep.attention if not a.ready] == [], rep.format_table()
-    assert all(g.ready for g in rep.gemms if (g.k or 0) >= 16 and (g.n or 0) >= 16), rep.format_table()
+    assert all(g.ready or g.skipped for g in rep.gemms if (g.k or 0) >= 16 and (g.n or 0) >= 16), rep.format_table()
 
 
 @pytest.mark.parametrize("name", NAMES, ids=NAMES)
@@ -112,7 +114,7 @@ def test_sdpa_places_like_eager(name):
     sdpa, _ = _quantize(name, "sdpa")
     assert sdpa.placement.attention_blocks == eager.placement.attention_blocks
     assert sdpa.placement.role_counts() == eager.placement.role_counts()
-    assert sdpa.placement.skips == []
+    assert sdpa.placement.skips == eager.placement.skips and all(k.reason == "gemv" for k in sdpa.placement.skips)
 
 
 def test_head_size_out_of_window_is_reported(tmp_path):
@@ -122,10 +124,11 @@ def test_head_size_out_of_window_is_reported(tmp_path):
     small = fam.Family("vit_head8", f.model, f.config, f.inputs, cfg)
     model, example, batches = small.build("small")
     qm = fxq.quantize(model, example, batches, progress=False)
-    skips = qm.placement.skips
+    skips = [k for k in qm.placement.skips if k.reason != "gemv"]
     assert [(k.what, k.reason, k.detail) for k in skips] == [("attention", "head_size_out_of_window", "head size 8")] * 2
-    assert qm.placement.count("attn.q") == 0 and qm.placement.count("linear.weight") == qm.placement.gemms
+    gemv = sum(k.reason == "gemv" for k in qm.placement.skips)
+    assert qm.placement.count("attn.q") == 0 and qm.placement.count("linear.weight") == qm.placement.gemms - gemv
     rep = check_model(qm.export_onnx(tmp_path / "m.onnx", dtype=torch.float16).path)
     assert [a.reasons for a in rep.attention] == [
         ["q_not_fp8", "k_not_fp8", "v_not_fp8", "softmax_not_quantized", "head_size_out_of_window"]] * 2
-    assert all(g.ready for g in rep.gemms if (g.k or 0) >= 16 and (g.n or 0) >= 16)
+    assert all(g.ready or g.skipped for g in rep.gemms if (g.k or 0) >= 16 and (g.n or 0) >= 16)

@@ -41,21 +41,23 @@ def test_vit_fp16_graph_is_tensorrt_ready(vit_exports, attn):
     rep = check_model(result.path)
     matmuls = [g for g in rep.gemms if g.name.startswith("node_") and "Gemm" not in g.name]
     assert len(rep.gemms) == 97  # 96 MatMuls (72 linear + 24 attention) + the classifier Gemm
-    assert all(g.ready for g in rep.gemms), [g for g in rep.gemms if not g.ready][:3]
+    # The classifier reads one token per image: a GEMV, left in FP16 by design (reason gemv), not counted against.
+    assert [(g.module, g.reasons, g.skipped) for g in rep.gemms if not g.ready] == [("classifier", ["gemv"], True)]
     assert len(matmuls) >= 96
     assert len(rep.attention) == 12 and all(a.ready for a in rep.attention)
     assert rep.casts == 0 and rep.graph_dtype == "float16" and rep.ready
     ops = _op_counts(result.path)
     # 4 Transposes a layer (Q, K^T, V head splits, head merge) + 1 for the patches: none left on weights.
     assert ops["MatMul"] == 96 and ops["Cast"] == 0 and ops["Transpose"] == 49
-    assert result.post_counts["fold_weight_quantize"] == 73 and result.post_counts["pretranspose_weights"] == 73
+    # The exporter writes the FP8 weights itself (nothing to fold); each still needs its transpose folded.
+    assert result.post_counts["fold_weight_quantize"] == 0 and result.post_counts["pretranspose_weights"] == 72
 
 
 def test_vit_weights_are_fp8_initializers_and_file_is_half_size(vit_exports):
     _, _, result = vit_exports["eager"]
     model = onnx.load(str(result.path))
     fp8 = [i for i in model.graph.initializer if i.data_type == TensorProto.FLOAT8E4M3FN and len(i.dims) == 2]
-    assert len(fp8) == 73
+    assert len(fp8) == 72
     scales = [i for i in model.graph.initializer if not i.dims and i.data_type in (TensorProto.FLOAT, TensorProto.FLOAT16)]
     assert scales and all(i.data_type == TensorProto.FLOAT16 for i in scales)
     assert model.ir_version == 10 and max(o.version for o in model.opset_import if o.domain == "") >= 19
@@ -102,7 +104,7 @@ def test_bert_with_padding_mask_every_attention_block_ready(tmp_path, attn):
     result = qm.export_onnx(tmp_path / "bert.onnx")
     rep = check_model(result.path)
     assert len(rep.attention) == 2 and all(a.ready for a in rep.attention), rep.format_table()
-    assert all(g.ready for g in rep.gemms)
+    assert [g.module for g in rep.gemms if not g.ready] == ["pooler.dense"] and rep.ready  # the pooler: a GEMV
     x = bert_inputs(3)
     m = compare(first_output(qm(**x)), run_onnx(result.path, x, torch.float16)[0])
     assert m["cosine"] > 0.99, m

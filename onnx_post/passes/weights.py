@@ -36,12 +36,23 @@ def fold_weight_quantize(graph: gs.Graph) -> int:
     return fired
 
 
+def _transposable_scale(dq: gs.Node, w: gs.Constant) -> bool:
+    """Per-tensor, or per-channel along one axis of the 2-D weight (a 1-D scale); blocked scales are not."""
+    scale = const_value(dq.inputs[1])
+    if scale is None or dq.attrs.get("block_size", 0):
+        return False
+    return scale.size == 1 or (scale.ndim == 1 and scale.size == w.shape[dq.attrs.get("axis", 1) % 2])
+
+
 def pretranspose_weights(graph: gs.Graph) -> int:
-    """FP8 W -> DQ -> Transpose -> MatMul  ==>  FP8 W^T -> DQ -> MatMul (and Gemm transB=1 -> 0)."""
+    """FP8 W -> DQ -> Transpose -> MatMul  ==>  FP8 W^T -> DQ -> MatMul (and Gemm transB=1 -> 0).
+
+    A per-channel DQ keeps its channels: its axis moves with the transpose (0 for W[N, K] -> 1 for W^T).
+    """
     fired = 0
     for dq in nodes_of(graph, "DequantizeLinear"):
         w = dq.inputs[0]
-        if not isinstance(w, gs.Constant) or len(w.shape) != 2 or const_value(dq.inputs[1]).size != 1:
+        if not isinstance(w, gs.Constant) or len(w.shape) != 2 or not _transposable_scale(dq, w):
             continue
         out = dq.outputs[0]
         user = only_consumer(out)
@@ -55,6 +66,8 @@ def pretranspose_weights(graph: gs.Graph) -> int:
             continue
         wt = gs.Constant(new_name(graph, w.name + "_t"), np.ascontiguousarray(const_value(w).T))
         dq.inputs[0] = wt
+        if const_value(dq.inputs[1]).size != 1:
+            dq.attrs["axis"] = 1 - dq.attrs.get("axis", 1) % 2
         set_shape(out, wt.values.shape)
         if target is None:
             user.attrs["transB"] = 0
