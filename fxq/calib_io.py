@@ -12,15 +12,22 @@ from .errors import CalibrationError
 CALIB_VERSION = 1
 
 
-def save_calibration(path, amax: dict[str, float], model_name: str, config: dict, batches: int) -> None:
+def save_calibration(path, amax: dict[str, float], model_name: str, config: dict, batches: int,
+                     fallback_gains: dict[str, float] | None = None) -> None:
     doc = {"version": CALIB_VERSION, "model": model_name, "batches": batches, "config": config,
            "amax": validate.amax_dict(amax, "calibration to save")}
+    if config.get("fallback"):  # what fxq.Fallback left in FP16, so quantize(calibration=file) does it again
+        doc["fallback"] = {"groups": list(config["fallback"]),
+                           "gains": {k: float(v) for k, v in (fallback_gains or {}).items()}}
     atomic_write_text(path, json.dumps(doc, indent=1, sort_keys=False) + "\n")
 
 
 def load_calibration(path) -> dict:
     doc = validate.json_file(path, "calibration file", CalibrationError,
                              "write one with save_calibration or --save-calib")
+    fb = doc.get("fallback", {}) if isinstance(doc, dict) else {}
+    if not isinstance(fb, dict) or not all(isinstance(g, str) for g in fb.get("groups", [])):
+        raise CalibrationError(f"calibration file {path} has an invalid 'fallback' entry (want groups: [ids])")
     return validate.calibration_doc(doc, f"calibration file {path}", CALIB_VERSION)
 
 

@@ -1,4 +1,4 @@
-"""The fxq command line: `fxq quantize` and `fxq check`."""
+"""The fxq command line: `fxq quantize`, `fxq sensitivity` and `fxq check`."""
 from __future__ import annotations
 
 import argparse
@@ -11,6 +11,8 @@ EPILOG = """examples:
   fxq quantize ./my-vit-folder --calib-images ./photos --out vit_fp8.onnx --dtype fp16
   fxq quantize ./my-bert-folder --calib-text sentences.txt --seq-len 128 --save-calib bert.calib.json --out bert.onnx
   fxq quantize vit-base --calib-synthetic 16 --out vit.onnx --report
+  fxq quantize vit-base --calib-synthetic 16 --fallback-max-error 0.002 --out vit.onnx
+  fxq sensitivity minilm --plot sens.png
   fxq check model.onnx --strict
 """
 DTYPES = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}
@@ -51,6 +53,12 @@ def _parser() -> argparse.ArgumentParser:
                    help="text models: dynamic sequence length (TensorRT may not fuse FP8 attention then; see fxq check)")
     q.add_argument("--report", action="store_true", help="print the per-quantizer table")
     q.add_argument("--quiet", action="store_true", help="no progress bars")
+    q.add_argument("--fallback-max-error", type=float, metavar="X",
+                   help="leave in FP16 the fewest GEMM/attention FLOPs that bring 1 - cosine on the held-out "
+                        "batch within X (fxq.Fallback)")
+    from .sensitivity_cli import add_parser as add_sensitivity
+
+    add_sensitivity(sub)
     c = sub.add_parser("check", help="TensorRT FP8 readiness of any ONNX file", add_help=False)
     c.add_argument("rest", nargs=argparse.REMAINDER)
     return p
@@ -144,12 +152,19 @@ def _quantize(args) -> int:
 
     t = time.perf_counter()
     example = batches[0] if batches else eval_batch
+    fallback = None if args.fallback_max_error is None else fxq.Fallback([eval_batch], args.fallback_max_error)
     qm = fxq.quantize(source.model, example, batches, config, calibration=args.load_calib,
-                      dynamic_batch=not args.static_batch, dynamic_seq=args.dynamic_seq, progress=not args.quiet)
+                      dynamic_batch=not args.static_batch, dynamic_seq=args.dynamic_seq, progress=not args.quiet,
+                      fallback=fallback)
     times["quantize+calibrate"] = time.perf_counter() - t
     if args.save_calib:
         qm.save_calibration(args.save_calib)
     print(qm.report().table() if args.report else qm.report().summary())
+    if fallback is not None:
+        p = qm.fallback_plan
+        print(f"fallback: 1 - cosine {p.all_fp8:.3g} all FP8 -> {p.final:.3g} (budget {p.max_error:.3g}) with "
+              f"{len(p.choices)} groups in FP16: " + (", ".join(f"{c.group} (gain {c.gain:.2g})" for c in p.choices)
+                                                     or "none needed"))
 
     dtype = getattr(torch, DTYPES[args.dtype])
     result = qm.export_onnx(args.out, dtype=dtype, opset=args.opset)
@@ -204,11 +219,15 @@ def main(argv: list[str] | None = None) -> int:
     from .errors import FxqError
 
     try:
+        if args.command == "sensitivity":
+            from .sensitivity_cli import run
+
+            return run(args)
         return _quantize(args)
     except KeyboardInterrupt:
         print(f"fxq {args.command}: interrupted (no partial output file is left)", file=sys.stderr)
         return 130
-    except (CliError, FxqError, ImportError, OSError, ValueError) as e:
+    except (CliError, FxqError, ImportError, OSError, ValueError, TypeError) as e:
         first = str(e).strip().splitlines()
         print(f"fxq {args.command}: error: {first[0] if first else type(e).__name__}", file=sys.stderr)
         for line in first[1:3]:

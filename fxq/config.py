@@ -106,6 +106,9 @@ class QuantConfig:
     # torch.export dynamic_shapes in JSON form, e.g. {"input_ids": {"0": "batch", "1": {"name": "seq", "max": 512}}}
     # (equal names share a dim, "auto" lets export decide); None: fxq's default (dynamic batch).
     dynamic_shapes: Mapping | None = None
+    # GEMM / attention group ids ("<module>:gemm", "<module>:attention") left in FP16, as chosen
+    # by fxq.Fallback (or by hand from fxq.sensitivity); the placement skips them (reason "fallback").
+    fallback: tuple[str, ...] = ()
 
     def __post_init__(self):
         object.__setattr__(self, "overrides", tuple(self.overrides))
@@ -117,6 +120,9 @@ class QuantConfig:
         if self.weight_axis not in WEIGHT_AXES or isinstance(self.weight_axis, bool):
             raise ValueError(f"QuantConfig.weight_axis must be None (per-tensor) or 0 (per output channel), "
                              f"got {self.weight_axis!r}")
+        if isinstance(self.fallback, str) or not all(isinstance(g, str) for g in self.fallback):
+            raise TypeError("QuantConfig.fallback must be a tuple of group ids such as 'encoder.layer.0.attention:attention'")
+        object.__setattr__(self, "fallback", tuple(self.fallback))
         for o in self.overrides:
             if not isinstance(o, Override):
                 raise TypeError(f"QuantConfig.overrides must hold Override objects, got {type(o).__name__}")
@@ -148,6 +154,7 @@ class QuantConfig:
             "dynamic_shapes": None if self.dynamic_shapes is None else
             {k: (None if v is None else {d: (n if isinstance(n, str) else dict(n)) for d, n in v.items()})
              for k, v in self.dynamic_shapes.items()},
+            "fallback": list(self.fallback),
         }
 
     @classmethod

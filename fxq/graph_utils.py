@@ -29,6 +29,27 @@ def static_dim(node, dim: int) -> int | None:
     return d if isinstance(d, int) else None
 
 
+def _hint(d) -> int:
+    """A dim as an int: static dims as they are, symbolic ones (dynamic batch) at the example's value."""
+    if isinstance(d, int):
+        return d
+    hint = getattr(getattr(d, "node", None), "hint", None)
+    return int(hint) if hint is not None else 1
+
+
+def matmul_flops(node) -> int:
+    """2*M*N*K of a GEMM / matmul node from its static shapes (first operand's last dim is K)."""
+    out = node.meta.get("val") if isinstance(node, Node) else None
+    a = node.args[1] if node.target is aten.addmm.default else node.args[0]
+    a_shape = shape_of(a)
+    if not isinstance(out, torch.Tensor) or not a_shape:
+        return 0
+    numel = 1
+    for d in out.shape:
+        numel *= _hint(d)
+    return 2 * numel * _hint(a_shape[-1])
+
+
 def constant_scalar(arg) -> float | None:
     """A Python number, or a graph node that is a constant 0-d tensor (torch.full([], c) and kin)."""
     if isinstance(arg, (int, float)) and not isinstance(arg, bool):

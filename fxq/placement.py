@@ -14,7 +14,8 @@ from torch.fx import GraphModule, Node
 from . import roles as R
 from .attention import find_attention_blocks, move_scale_to_q, move_views_before_softmax
 from .config import QuantConfig, TensorSpec
-from .graph_utils import aten, module_path, shape_of, state_name, static_dim
+from .errors import ConfigError
+from .graph_utils import aten, matmul_flops, module_path, shape_of, state_name, static_dim
 
 LAYER_NORMS = {aten.layer_norm.default, aten.native_layer_norm.default}
 
@@ -54,13 +55,40 @@ SKIP_REASONS = {
     "disabled_by_config": "the config sets this role to None for this module",
     "probs_without_qkv": "softmax output left in float because Q, K or V is not quantized "
     "(a lone softmax Q/DQ blocks TensorRT's attention fusion)",
+    "fallback": "left in FP16 by the budgeted fallback (fxq.Fallback): FP8 here cost the most accuracy per FLOP",
 }
+
+
+@dataclass(frozen=True)
+class Group:
+    """What sensitivity and fallback act on: one GEMM, one attention block, or one LayerNorm output.
+
+    `id` is "<module>:gemm", "<module>:attention" or "<module>:layer_norm" ("#n" appended where a
+    module has several); QuantConfig.fallback names GEMM and attention ids.
+    """
+
+    id: str
+    kind: str  # "gemm", "attention" or "layer_norm"
+    module: str
+    nodes: tuple[str, ...]  # gemm: (gemm,); attention: (bmm1, bmm2); layer_norm: (layer_norm,)
+    flops: int = 0  # matmul FLOPs per example batch (0 for layer_norm)
+
+
+class _GroupIds:
+    def __init__(self):
+        self.seen: Counter = Counter()
+
+    def next(self, module: str, kind: str) -> str:
+        base = f"{module}:{kind}"
+        self.seen[base] += 1
+        return base if self.seen[base] == 1 else f"{base}#{self.seen[base] - 1}"
 
 
 @dataclass
 class Placement:
     sites: list[Site] = field(default_factory=list)
     skips: list[Skip] = field(default_factory=list)
+    groups: list[Group] = field(default_factory=list)
     gemms: int = 0
     attention_blocks: int = 0
     scales_moved_to_q: int = 0
@@ -82,6 +110,7 @@ class _Request:
     consumer: Node
     role: str
     module: str
+    fallback: bool = False  # left in FP16 by QuantConfig.fallback: still numbered, so keys stay stable
 
 
 def _gemm_operands(node: Node):
@@ -124,6 +153,7 @@ def _reads_attention_output(x: Node, bmm2s: set[Node], depth: int = 6) -> bool:
 
 def _requests(gm: GraphModule, cfg: QuantConfig, out: Placement) -> list[_Request]:
     reqs: list[_Request] = []
+    ids = _GroupIds()
     blocks = find_attention_blocks(gm)
     out.views_moved_before_softmax = move_views_before_softmax(gm, blocks)
     if out.views_moved_before_softmax:
@@ -139,24 +169,35 @@ def _requests(gm: GraphModule, cfg: QuantConfig, out: Placement) -> list[_Reques
         x, w, k, n = ops
         out.gemms += 1
         mod = module_path(node)
+        gid = ids.next(mod, "gemm")
+        out.groups.append(Group(gid, "gemm", mod, (node.name,), matmul_flops(node)))
         if k is None or n is None or k < cfg.min_gemm_dim or n < cfg.min_gemm_dim:
             out.skips.append(Skip(mod, "gemm", "small_gemm", f"K={k} N={n} < {cfg.min_gemm_dim}"))
             continue
         if cfg.skip_gemv and has_token_gemms and _is_gemv(x) and not _reads_attention_output(x, bmm2s):
             out.skips.append(Skip(mod, "gemm", "gemv", f"input shape {list(shape_of(x))}"))
             continue
-        reqs += [_Request(x, node, R.LINEAR_INPUT, mod), _Request(w, node, R.LINEAR_WEIGHT, mod)]
+        fb = gid in cfg.fallback
+        if fb:
+            out.skips.append(Skip(mod, "gemm", "fallback", gid))
+        reqs += [_Request(x, node, R.LINEAR_INPUT, mod, fb), _Request(w, node, R.LINEAR_WEIGHT, mod, fb)]
 
     out.scales_moved_to_q = move_scale_to_q(gm, blocks)
     for b in blocks:
+        gid = ids.next(b.module, "attention")
+        out.groups.append(Group(gid, "attention", b.module, (b.bmm1.name, b.bmm2.name),
+                                matmul_flops(b.bmm1) + matmul_flops(b.bmm2)))
         if not _head_size_ok(b.head_size, cfg):
             out.skips.append(Skip(b.module, "attention", "head_size_out_of_window", f"head size {b.head_size}"))
             continue
+        fb = gid in cfg.fallback
+        if fb:
+            out.skips.append(Skip(b.module, "attention", "fallback", gid))
         qkv = [(b.bmm1.args[0], b.bmm1, R.ATTN_Q), (b.bmm1.args[1], b.bmm1, R.ATTN_K), (b.bmm2.args[1], b.bmm2, R.ATTN_V)]
-        reqs += [_Request(p, c, role, b.module) for p, c, role in qkv]
+        reqs += [_Request(p, c, role, b.module, fb) for p, c, role in qkv]
         if all(cfg.spec_for(b.module, role) is not None for role in (R.ATTN_Q, R.ATTN_K, R.ATTN_V)):
-            reqs.append(_Request(b.bmm2.args[0], b.bmm2, R.ATTN_PROBS, b.module))
-        else:
+            reqs.append(_Request(b.bmm2.args[0], b.bmm2, R.ATTN_PROBS, b.module, fb))
+        elif not fb:
             out.skips.append(Skip(b.module, R.ATTN_PROBS, "probs_without_qkv"))
     return reqs
 
@@ -166,12 +207,20 @@ def place(gm: GraphModule, config: QuantConfig | None = None) -> Placement:
     cfg = config or QuantConfig()
     out = Placement()
     groups: dict[Node, list[_Request]] = {}
-    for req in _requests(gm, cfg, out):
+    requests = _requests(gm, cfg, out)
+    _check_fallback_ids(cfg, out)
+    ln_ids = _GroupIds()
+    for node in gm.graph.nodes:
+        if node.op == "call_function" and node.target in LAYER_NORMS:
+            out.groups.append(Group(ln_ids.next(module_path(node), "layer_norm"), "layer_norm",
+                                    module_path(node), (node.name,)))
+    for req in requests:
         if req.producer.op == "call_function" and req.producer.target in LAYER_NORMS:
             # A LayerNorm output feeding GEMMs gets one shared quantizer named for the LayerNorm.
-            req = _Request(req.producer, req.consumer, R.LAYER_NORM_OUTPUT, module_path(req.producer))
+            req = _Request(req.producer, req.consumer, R.LAYER_NORM_OUTPUT, module_path(req.producer), req.fallback)
         if cfg.spec_for(req.module, req.role) is None:
-            out.skips.append(Skip(req.module, req.role, "disabled_by_config"))
+            if not req.fallback:
+                out.skips.append(Skip(req.module, req.role, "disabled_by_config"))
             continue
         groups.setdefault(req.producer, []).append(req)
 
@@ -183,7 +232,21 @@ def place(gm: GraphModule, config: QuantConfig | None = None) -> Placement:
         base = f"{first.module}:{first.role}"
         seen[base] += 1
         key = base if seen[base] == 1 else f"{base}#{seen[base] - 1}"
-        consumers = tuple(dict.fromkeys(r.consumer.name for r in reqs))
+        consumers = tuple(dict.fromkeys(r.consumer.name for r in reqs if not r.fallback))
+        if not consumers:  # every reader fell back; its key stays taken, so other keys don't shift
+            continue
         out.sites.append(Site(key, first.role, first.module, producer.name, consumers,
                               cfg.spec_for(first.module, first.role), state_name(producer) is not None))
     return out
+
+
+def _check_fallback_ids(cfg: QuantConfig, out: Placement) -> None:
+    known = {g.id for g in out.groups}
+    unknown = [i for i in cfg.fallback if i not in known]
+    if unknown:
+        import difflib
+
+        close = difflib.get_close_matches(unknown[0], sorted(known), n=3, cutoff=0.5)
+        raise ConfigError(f"QuantConfig.fallback names {len(unknown)} GEMM/attention groups not in this graph, "
+                          f"e.g. {unknown[0]!r}" + (f"; close ids: {', '.join(close)}" if close else "")
+                          + "; fix: take ids from fxq.sensitivity(...) or Placement.groups of this model")

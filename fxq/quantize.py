@@ -14,6 +14,7 @@ import torch
 from torch.fx import GraphModule
 
 from . import calib_io, validate
+from . import fallback as fb
 from .calibrate import run_calibration
 from .capture import Inputs, capture_program, dynamic_shapes_from_json
 from .config import QuantConfig
@@ -71,6 +72,7 @@ class QuantizedModel(torch.nn.Module):
         self.calibration_batches = batches
         self.seconds = seconds  # stage -> wall seconds (capture, place, calibrate, convert)
         self._module = None
+        self.fallback_gains: dict[str, float] = {}  # group id -> metric gain, for groups left in FP16
 
     @property
     def program(self) -> torch.export.ExportedProgram:
@@ -88,10 +90,11 @@ class QuantizedModel(torch.nn.Module):
         return self.graph_module(*args, **kwargs)
 
     def report(self) -> Report:
-        return Report(self.placement, self.amax)
+        return Report(self.placement, self.amax, self.fallback_gains)
 
     def save_calibration(self, path) -> None:
-        calib_io.save_calibration(path, self.amax, self.model_name, self.config.to_dict(), self.calibration_batches)
+        calib_io.save_calibration(path, self.amax, self.model_name, self.config.to_dict(), self.calibration_batches,
+                                  self.fallback_gains)
 
     def export_onnx(self, path, **kwargs):
         from .onnx_export import export_onnx
@@ -110,25 +113,30 @@ def quantize(
     dynamic_seq: bool = False,
     dynamic_shapes: Any = None,
     progress: bool = True,
+    fallback: "fb.Fallback | None" = None,
 ) -> QuantizedModel:
     """Quantize `model` to FP8 (E4M3) for TensorRT.
 
     example_inputs: a tensor, a tuple of positional inputs, or a dict of keyword inputs.
     calib_data: an iterable of batches shaped like example_inputs (max/percentile calibration).
-    calibration: instead of calib_data, a saved calibration file (or its loaded dict) to reuse. With
+    calibration: instead of calib_data, a saved calibration file (or its loaded dict) to reuse;
+        a fallback saved in it applies again unless config names its own. With
         config.weight_rounding="gptq", calib_data is still needed (for the input Hessians), and amax
         comes from the file.
     dynamic_batch: dim 0 of every batched input is dynamic (inputs whose dim 0 is not the batch stay static).
     dynamic_seq: dim 1 of batched integer inputs (token ids, masks) is dynamic too.
     dynamic_shapes: torch.export dynamic_shapes to use instead (or QuantConfig.dynamic_shapes, JSON form).
+    fallback: fxq.Fallback(eval_data, max_error): leave in FP16 the fewest FLOPs that bring the
+        metric within max_error (see fxq/fallback.py).
     """
     cfg = config if config is not None else QuantConfig()
     if not isinstance(cfg, QuantConfig):
         raise TypeError(f"config must be a fxq.QuantConfig, got {type(cfg).__name__}")
+    cfg, gains = fb.saved_fallback(cfg, calibration)
     example = Inputs.of(example_inputs)
     validate.model(model)  # fxq/validate.py: the checks the CLI runs too
     validate.example_inputs(model, example)
-    validate.calibration_sources(calib_data, calibration)
+    validate.calibration_sources(calib_data, calibration, gptq=cfg.weight_rounding == "gptq")
     if dynamic_shapes is None and cfg.dynamic_shapes is not None:
         dynamic_shapes = dynamic_shapes_from_json(cfg.dynamic_shapes, example)
     seconds = {}
@@ -171,4 +179,12 @@ def quantize(
     own_state(ep)
     release_free_memory()
     seconds["convert"] = time.perf_counter() - t
-    return QuantizedModel(ep, placement, amax, cfg, example, type(model).__name__, batches, seconds)
+    qm = QuantizedModel(ep, placement, amax, cfg, example, type(model).__name__, batches, seconds)
+    qm.fallback_gains = gains
+    if fallback is not None:  # search on this model, then build the one that skips what it chose
+        saved = None if gptq else {"version": calib_io.CALIB_VERSION, "amax": amax, "batches": batches}
+        rebuild = lambda c: quantize(model, example_inputs, calib_data if gptq else None, c,  # noqa: E731
+                                     calibration=saved, dynamic_batch=dynamic_batch, dynamic_seq=dynamic_seq,
+                                     dynamic_shapes=dynamic_shapes, progress=False)
+        qm = fb.apply_fallback(qm, fallback, model, rebuild, progress)
+    return qm

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from . import ops
 from .placement import SKIP_REASONS, Placement
@@ -12,6 +12,7 @@ from .placement import SKIP_REASONS, Placement
 class Report:
     placement: Placement
     amax: dict[str, float]
+    fallback_gains: dict[str, float] = field(default_factory=dict)  # group id -> measured gain
 
     def rows(self) -> list[dict]:
         rows = []
@@ -22,8 +23,11 @@ class Report:
                          "calibrator": "fixed" if s.fixed_amax is not None else ("max" if s.is_weight else s.spec.calibrator),
                          "readers": len(s.consumers), "reason": ""})
         for k in self.placement.skips:
+            detail = k.detail
+            if k.reason == "fallback" and k.detail in self.fallback_gains:
+                detail = f"{k.detail}, gain {self.fallback_gains[k.detail]:.3g}"
             rows.append({"module": k.module, "role": k.what, "status": "skipped", "amax": None, "scale": None,
-                         "calibrator": "", "readers": 0, "reason": k.reason + (f" ({k.detail})" if k.detail else "")})
+                         "calibrator": "", "readers": 0, "reason": k.reason + (f" ({detail})" if detail else "")})
         return rows
 
     def summary(self) -> str:
@@ -31,7 +35,10 @@ class Report:
         roles = ", ".join(f"{r} {n}" for r, n in sorted(p.role_counts().items()))
         quantized_gemms = p.gemms - sum(1 for k in p.skips if k.what == "gemm")
         blocks_ok = p.attention_blocks - sum(1 for k in p.skips if k.what == "attention")
-        return (f"{len(p.sites)} FP8 quantizers ({roles}); GEMMs quantized {quantized_gemms}/{p.gemms}; "
+        from .groups import fp8_gemm_flop_share
+
+        return (f"{len(p.sites)} FP8 quantizers ({roles}); GEMMs quantized {quantized_gemms}/{p.gemms} "
+                f"({100 * fp8_gemm_flop_share(p):.1f}% of GEMM FLOPs); "
                 f"attention blocks quantized {blocks_ok}/{p.attention_blocks}; skipped {len(p.skips)}")
 
     def to_dict(self) -> dict:

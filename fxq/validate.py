@@ -58,8 +58,9 @@ def calibration_doc(doc: Any, where: str, version: int) -> dict:
     return {**doc, "amax": amax_dict(doc["amax"], where), "batches": batches}
 
 
-def calibration_sources(calib_data: Any, calibration: Any) -> None:
-    if calib_data is not None and calibration is not None:
+def calibration_sources(calib_data: Any, calibration: Any, gptq: bool = False) -> None:
+    """calib_data or calibration=, not both; except for GPTQ, whose Hessians need the data either way."""
+    if calib_data is not None and calibration is not None and not gptq:
         raise InputError("both calib_data and calibration= were given; fix: pass calib_data to calibrate, "
                          "or calibration=<saved file> to reuse a calibration, not both")
 
