@@ -23,30 +23,38 @@ class CliError(Exception):
     pass
 
 
-def _parser() -> argparse.ArgumentParser:
+def add_model_arguments(p: argparse.ArgumentParser):
+    """The model, calibration-data and config options `fxq quantize` and `fxq sensitivity` share.
+
+    Returns the calibration-source group, so a command can add its own sources to it."""
     from .config import PRESETS
     from .sources import BUILTINS
 
+    p.add_argument("model", help="a local Hugging Face model folder, or a built-in: "
+                   + "; ".join(f"{k} ({v})" for k, v in BUILTINS.items()))
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--calib-images", type=Path, metavar="DIR", help="folder of calibration images")
+    src.add_argument("--calib-text", type=Path, metavar="FILE", help="text file, one calibration sentence per line")
+    src.add_argument("--calib-synthetic", type=int, metavar="N", help="N random samples (structure checks only)")
+    p.add_argument("--config", type=Path, metavar="JSON", help="QuantConfig as JSON (QuantConfig.to_dict format)")
+    p.add_argument("--preset", choices=PRESETS, default="tensorrt-fp8", help="named config (default tensorrt-fp8)")
+    p.add_argument("--batch-size", type=int, default=8, help="calibration batch size (default 8)")
+    p.add_argument("--seq-len", type=int, default=64, help="text models: fixed sequence length (default 64)")
+    p.add_argument("--attn", choices=["eager", "sdpa"], default="eager", help="attention implementation to load")
+    return src
+
+
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fxq", description="FP8 (E4M3) quantization for TensorRT through torch.export.",
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG)
     sub = p.add_subparsers(dest="command", required=True)
     q = sub.add_parser("quantize", help="quantize, calibrate and export a model to FP8 ONNX",
                        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG)
-    q.add_argument("model", help="a local Hugging Face model folder, or a built-in: "
-                   + "; ".join(f"{k} ({v})" for k, v in BUILTINS.items()))
-    q.add_argument("--out", required=True, type=Path, help="ONNX file to write")
-    src = q.add_mutually_exclusive_group()
-    src.add_argument("--calib-images", type=Path, metavar="DIR", help="folder of calibration images")
-    src.add_argument("--calib-text", type=Path, metavar="FILE", help="text file, one calibration sentence per line")
-    src.add_argument("--calib-synthetic", type=int, metavar="N", help="N random samples (structure checks only)")
+    src = add_model_arguments(q)
     src.add_argument("--load-calib", type=Path, metavar="JSON", help="reuse a saved calibration instead of calibrating")
+    q.add_argument("--out", required=True, type=Path, help="ONNX file to write")
     q.add_argument("--save-calib", type=Path, metavar="JSON", help="save the calibration results")
     q.add_argument("--dtype", choices=sorted(DTYPES), default="fp16", help="graph dtype (default fp16)")
-    q.add_argument("--config", type=Path, metavar="JSON", help="QuantConfig as JSON (QuantConfig.to_dict format)")
-    q.add_argument("--preset", choices=PRESETS, default="tensorrt-fp8", help="named config (default tensorrt-fp8)")
-    q.add_argument("--batch-size", type=int, default=8, help="calibration batch size (default 8)")
-    q.add_argument("--seq-len", type=int, default=64, help="text models: fixed sequence length (default 64)")
-    q.add_argument("--attn", choices=["eager", "sdpa"], default="eager", help="attention implementation to load")
     q.add_argument("--opset", type=int, default=21, help="ONNX opset (>= 19; default 21)")
     q.add_argument("--static-batch", action="store_true", help="export a fixed batch size instead of a dynamic one")
     q.add_argument("--dynamic-seq", action="store_true",

@@ -5,19 +5,10 @@ from pathlib import Path
 
 
 def add_parser(sub) -> None:
-    from .config import PRESETS
+    from .cli import add_model_arguments
 
     s = sub.add_parser("sensitivity", help="per-group FP8 sensitivity: each group alone in float, the rest FP8")
-    s.add_argument("model", help="a local Hugging Face model folder or a built-in (as for fxq quantize)")
-    src = s.add_mutually_exclusive_group()
-    src.add_argument("--calib-images", type=Path, metavar="DIR", help="folder of calibration images")
-    src.add_argument("--calib-text", type=Path, metavar="FILE", help="text file, one calibration sentence per line")
-    src.add_argument("--calib-synthetic", type=int, metavar="N", help="N random samples (structure checks only)")
-    s.add_argument("--config", type=Path, metavar="JSON", help="QuantConfig as JSON (QuantConfig.to_dict format)")
-    s.add_argument("--preset", choices=PRESETS, default="tensorrt-fp8", help="named config (default tensorrt-fp8)")
-    s.add_argument("--batch-size", type=int, default=8, help="calibration batch size (default 8)")
-    s.add_argument("--seq-len", type=int, default=64, help="text models: fixed sequence length (default 64)")
-    s.add_argument("--attn", choices=["eager", "sdpa"], default="eager", help="attention implementation to load")
+    add_model_arguments(s)
     s.add_argument("--plot", type=Path, metavar="PNG", help="write a sorted bar chart of the gains")
     s.add_argument("--json", type=Path, metavar="FILE", help="write the full result as JSON")
     s.add_argument("--top", type=int, default=20, help="rows to print (default 20)")
