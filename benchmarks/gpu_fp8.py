@@ -25,7 +25,6 @@ import datetime
 import json
 import math
 import platform
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -34,6 +33,7 @@ import torch
 import transformers
 
 import fxq
+from benchmarks.gpu import median_ms  # CUDA events on a GPU, perf_counter on CPU
 from fxq.capture import capture
 from fxq.lower import cast_graph, fuse_attention
 
@@ -51,27 +51,6 @@ def hidden(out) -> torch.Tensor:
 
 def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
     return torch.nn.functional.cosine_similarity(a.double().flatten(), b.double().flatten(), dim=0).item()
-
-
-def median_ms(fn, warmup: int, iters: int, device) -> float:
-    with torch.no_grad():
-        for _ in range(warmup):
-            fn()
-        if device.type != "cuda":
-            t = time.perf_counter()
-            for _ in range(iters):
-                fn()
-            return (time.perf_counter() - t) * 1e3 / iters
-        torch.cuda.synchronize()
-        times = []
-        for _ in range(iters):
-            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            s.record()
-            fn()
-            e.record()
-            e.synchronize()
-            times.append(s.elapsed_time(e))
-    return statistics.median(times)
 
 
 def profile_table(fn, iters: int = 5, rows: int = 25) -> str:
@@ -220,7 +199,7 @@ def bench_model(name: str, model, calib, batches, device, args, data=None) -> di
 
         def timed(label, fn):
             try:
-                rows[label] = median_ms(fn, warm, iters, device)
+                rows[label] = median_ms(fn, device, warm, iters)
                 log(name, b, label, f"{rows[label]:.3f} ms")
             except Exception as e:  # one failing variant must not lose the others
                 rows[label] = None

@@ -23,3 +23,18 @@ def bert_inputs(batch: int = 2, seq: int = 16):
     mask = torch.ones(batch, seq, dtype=torch.long)
     mask[0, seq // 2:] = 0  # padding in the first sentence
     return {"input_ids": ids, "attention_mask": mask}
+
+
+def save_vit_folder(d, n_images: int):
+    """A tiny ViT saved with save_pretrained in d/model, and n_images random 40x48 photos in d/images."""
+    import numpy as np
+    from PIL import Image
+
+    cfg = transformers.ViTConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+                                 image_size=32, patch_size=8)
+    transformers.ViTModel(cfg).save_pretrained(d / "model")
+    (d / "images").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(n_images):
+        Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(d / "images" / f"{i}.png")
+    return d

@@ -1,27 +1,17 @@
 """The fxq command line: a real run on small local HF folders, and every error path's one-line message."""
 import json
 
-import numpy as np
 import pytest
 import torch
 import transformers
-from PIL import Image
 
 from fxq.cli import main
+from hf_models import save_vit_folder
 
 
 @pytest.fixture(scope="module")
 def vit_folder(tmp_path_factory):
-    d = tmp_path_factory.mktemp("vit")
-    cfg = transformers.ViTConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
-                                 image_size=32, patch_size=8)
-    transformers.ViTModel(cfg).save_pretrained(d / "model")
-    images = d / "images"
-    images.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(6):
-        Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(images / f"{i}.png")
-    return d
+    return save_vit_folder(tmp_path_factory.mktemp("vit"), n_images=6)
 
 
 @pytest.fixture(scope="module")

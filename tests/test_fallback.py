@@ -124,19 +124,9 @@ def test_unknown_fallback_ids_and_unreachable_budgets_error():
 
 @pytest.fixture(scope="module")
 def vit_folder(tmp_path_factory):
-    import numpy as np
-    import transformers
-    from PIL import Image
+    from hf_models import save_vit_folder
 
-    d = tmp_path_factory.mktemp("vit")
-    cfg = transformers.ViTConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
-                                 image_size=32, patch_size=8)
-    transformers.ViTModel(cfg).save_pretrained(d / "model")
-    (d / "images").mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(4):
-        Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(d / "images" / f"{i}.png")
-    return d
+    return save_vit_folder(tmp_path_factory.mktemp("vit"), n_images=4)
 
 
 def test_cli_sensitivity_and_fallback(vit_folder, tmp_path, capsys):
