@@ -238,11 +238,7 @@ def capture_program(model: torch.nn.Module, example_inputs: Any, dynamic_batch: 
 
 def capture(model: torch.nn.Module, example_inputs: Any, dynamic_batch: bool = False) -> torch.fx.GraphModule:
     """Export `model` and return a graph module with parameters as get_attr nodes (for PT2E)."""
-    gm = capture_program(model, example_inputs, dynamic_batch).module()
-    drop_metadata_asserts(gm)
-    gm.graph.eliminate_dead_code()
-    gm.recompile()
-    return gm
+    return capture_program(model, example_inputs, dynamic_batch).module()  # already cleaned by capture_program
 
 
 def drop_metadata_asserts(gm: torch.fx.GraphModule) -> int:
