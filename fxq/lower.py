@@ -3,7 +3,7 @@
 `lower(qm)` copies qm's quantized graph and rewrites the copy in four passes; each returns how often
 it fired (kept in `LoweredModel.stats`):
 
-1. `fuse_attention`: BMM1 -> [scale, mask, casts] -> softmax -> [casts, dropout, probs Q/DQ] -> BMM2
+1. `fuse_attention` (fxq/lower_attention.py): BMM1 -> [scale, mask, casts] -> softmax -> [casts, dropout, probs Q/DQ] -> BMM2
    becomes one `scaled_dot_product_attention` (flash / cuDNN on a GPU). Q already carries the
    attention scale (placement moved it there), so SDPA gets scale=1.0 (when Q's Q/DQ is dropped, the
    default, that multiply is folded into SDPA's scale instead). Provably zero additive masks
@@ -29,17 +29,14 @@ import torch
 from torch.fx import GraphModule, Node
 
 from . import ops
-from .attention import SOFTMAX, find_attention_blocks
 from .errors import FxqError
-from .graph_utils import aten, constant_scalar
+from .graph_utils import aten
+from .lower_attention import QDQ, _attr, _is_qdq, fuse_attention  # noqa: F401  (pass 1 lives there)
 
-QDQ = torch.ops.fxq.fp8_qdq.default
 DEQUANT = torch.ops.fxq.fp8_dequant.default
 DTYPES = (torch.float16, torch.bfloat16)
 GEMM_MULTIPLE = 16  # cuBLASLt FP8: K and N must be multiples of 16
 _WIDE_FLOATS = (torch.float32, torch.float64)
-_CASTS = {aten.to.dtype, aten._to_copy.default, aten.to.dtype_layout, aten.type_as.default}
-_PASS_THROUGH = _CASTS | {aten.dropout.default, aten.clone.default, aten.contiguous.default, aten.alias.default}
 
 
 class LowerError(FxqError, ValueError):
@@ -106,13 +103,6 @@ class LoweredModel(torch.nn.Module):
 
 # ---- small graph helpers ----
 
-def _attr(gm: GraphModule, target: str):
-    obj = gm
-    for part in target.split("."):
-        obj = getattr(obj, part)
-    return obj
-
-
 def _set_attr(gm: GraphModule, target: str, value: torch.Tensor) -> None:
     *path, name = target.split(".")
     mod = gm.get_submodule(".".join(path)) if path else gm
@@ -141,10 +131,6 @@ class _Buffers:
         # Rounded to the graph dtype first: the ONNX/TensorRT graph stores the scale in fp16/bf16 too.
         s = ops.round_scale(scale, dtype).double()
         return self.add((1.0 / s if inverse else s).float(), before, "inv_scale" if inverse else "scale")
-
-
-def _is_qdq(node) -> bool:
-    return isinstance(node, Node) and node.op == "call_function" and node.target is QDQ
 
 
 def _weight_fp8(gm: GraphModule, node, dtype: torch.dtype) -> tuple[torch.Tensor, float] | None:
@@ -180,211 +166,6 @@ def _gemm(node: Node):
         if isinstance(w, Node) and w.op == "get_attr":
             return node.args[0], node.args[1], None, False  # x @ W[K, N]
     return None
-
-
-# ---- pass 1: attention -> scaled_dot_product_attention ----
-
-def _depends_on_data(node: Node) -> bool:
-    """True when `node` reads a graph input's values (reading only its shape does not count)."""
-    seen, stack = set(), [node]
-    while stack:
-        n = stack.pop()
-        if not isinstance(n, Node) or n in seen:
-            continue
-        seen.add(n)
-        if n.op == "placeholder":
-            return True
-        if n.op == "call_function" and n.target in (aten.sym_size.int, aten.size.default):
-            continue
-        stack.extend(n.all_input_nodes)
-    return False
-
-
-def _evaluate(gm: GraphModule, node: Node):
-    """Compute a node that reads no input values (parameters, constants, shapes at their example hints)."""
-    order = {n: i for i, n in enumerate(gm.graph.nodes)}
-    needed, stack = set(), [node]
-    while stack:
-        n = stack.pop()
-        if n in needed:
-            continue
-        needed.add(n)
-        if not (n.op == "call_function" and n.target is aten.sym_size.int):
-            stack.extend(n.all_input_nodes)
-    env: dict[Node, object] = {}
-    for n in sorted(needed, key=order.__getitem__):
-        if n.op == "get_attr":
-            env[n] = _attr(gm, n.target)
-        elif n.op == "call_function" and n.target is aten.sym_size.int:
-            d = n.args[0].meta["val"].shape[n.args[1]]
-            env[n] = d if isinstance(d, int) else int(d.node.hint)
-        elif n.op == "call_function":
-            args = torch.fx.node.map_arg(n.args, env.__getitem__)
-            kwargs = torch.fx.node.map_arg(n.kwargs, env.__getitem__)
-            env[n] = n.target(*args, **kwargs)
-        else:
-            return None
-    return env[node]
-
-
-def _provably(gm: GraphModule, mask, value) -> bool:
-    """True when the mask is a constant equal to `value` everywhere (0 for additive, True for boolean)."""
-    if not isinstance(mask, Node):
-        return mask == value
-    if _depends_on_data(mask):
-        return False
-    try:
-        t = _evaluate(gm, mask)
-    except Exception:  # anything we cannot evaluate is treated as a real mask
-        return False
-    return isinstance(t, torch.Tensor) and bool((t == value).all())
-
-
-def _reaches(node, target: Node, depth: int = 12) -> bool:
-    if node is target:
-        return True
-    if not isinstance(node, Node) or depth == 0 or node.op != "call_function":
-        return False
-    return any(_reaches(a, target, depth - 1) for a in node.all_input_nodes)
-
-
-def _score_chain(b) -> tuple[float, object, str, str]:
-    """Walk softmax input -> BMM1: (extra scale, mask, mask kind 'add'|'keep'|'', why-not or '')."""
-    scale, mask, kind = 1.0, None, ""
-    node = b.softmax.args[0]
-    while node is not b.bmm1:
-        if not isinstance(node, Node) or node.op != "call_function":
-            return scale, mask, kind, "unexpected score input"
-        t = node.target
-        if t in _CASTS:
-            node = node.args[0]
-            continue
-        if t in (aten.mul.Tensor, aten.div.Tensor):
-            path, other = (node.args[0], node.args[1]) if _reaches(node.args[0], b.bmm1) else (node.args[1], node.args[0])
-            c = constant_scalar(other)
-            if c is None or (t is aten.div.Tensor and path is not node.args[0]):
-                return scale, mask, kind, "score scale is not a constant"
-            scale = scale * c if t is aten.mul.Tensor else scale / c
-            node = path
-            continue
-        if kind:
-            return scale, mask, kind, "more than one mask"
-        if t is aten.add.Tensor:
-            path, other = (node.args[0], node.args[1]) if _reaches(node.args[0], b.bmm1) else (node.args[1], node.args[0])
-            mask, kind, node = other, "add", path
-        elif t is aten.masked_fill.Scalar and not _reaches(node.args[1], b.bmm1) and node.args[2] < -1e4:
-            mask, kind, node = ("not", node.args[1]), "keep", node.args[0]
-        elif t is aten.where.ScalarOther and not _reaches(node.args[0], b.bmm1) and node.args[2] < -1e4:
-            mask, kind, node = node.args[0], "keep", node.args[1]
-        else:
-            return scale, mask, kind, f"score op {t} not understood"
-    return scale, mask, kind, ""
-
-
-def _probs_chain_ok(b) -> bool:
-    node = b.softmax
-    while node is not b.bmm2:
-        user = next(iter(node.users))
-        if user is not b.bmm2 and not (user.target in _PASS_THROUGH or user.target is QDQ):
-            return False
-        if user.target is aten.dropout.default and len(user.args) > 2 and user.args[2] and user.args[1] > 0:
-            return False  # training-mode dropout: SDPA here runs dropout_p=0
-        node = user
-    return True
-
-
-def _remove_probs_qdq(gm: GraphModule) -> dict[Node, tuple]:
-    """Take out the fp8_qdq nodes on softmax outputs (find_attention_blocks walks casts only).
-
-    Returns {the qdq's user: (input, scale, meta)} so blocks that are not fused get theirs back.
-    """
-    out = {}
-    for q in list(gm.graph.find_nodes(op="call_function", target=QDQ)):
-        src = q.args[0]
-        while isinstance(src, Node) and src.op == "call_function" and src.target in _PASS_THROUGH:
-            src = src.args[0]
-        if isinstance(src, Node) and src.target in SOFTMAX and len(q.users) == 1:
-            user = next(iter(q.users))
-            out[user] = (q.args[0], q.args[1], dict(q.meta))
-            q.replace_all_uses_with(q.args[0])
-            gm.graph.erase_node(q)
-    return out
-
-
-def _restore_qdq(gm: GraphModule, user: Node, x: Node, scale: float, meta: dict) -> None:
-    with gm.graph.inserting_before(user):
-        q = gm.graph.call_function(QDQ, (x, scale))
-    q.meta.update(meta)
-    user.replace_input_with(x, q)
-
-
-def _erase_block(b) -> None:
-    """Erase the replaced BMM1 -> softmax -> BMM2 chain. DCE alone would keep it: aten.dropout counts as impure."""
-    chain, node = [b.bmm2], b.bmm2.args[0]
-    while node is not b.softmax:
-        chain.append(node)
-        node = node.args[0]
-    chain.append(b.softmax)
-    node = b.softmax.args[0]
-    while isinstance(node, Node) and node is not b.bmm1:
-        chain.append(node)
-        node = next((a for a in node.all_input_nodes if _reaches(a, b.bmm1)), None)
-    chain.append(b.bmm1)
-    for n in chain:  # consumers first, so each is unused when its turn comes
-        if not n.users:
-            n.graph.erase_node(n)
-
-
-def fuse_attention(gm: GraphModule, keep_qkv_qdq: bool = False) -> tuple[int, int, int, list[str]]:
-    """Rewrite attention blocks as scaled_dot_product_attention.
-
-    Returns (blocks fused, of those with fp8 q/k/v, zero masks dropped, reasons for blocks kept).
-    keep_qkv_qdq=True keeps the q/k/v fake-quant in front of SDPA (closer to qm, slower); False drops it.
-    """
-    fused = fp8_qkv = dropped = 0
-    reasons = []
-    g = gm.graph
-    probs_qdq = _remove_probs_qdq(gm)  # find_attention_blocks walks softmax -> BMM2 through casts only
-    for b in find_attention_blocks(gm):
-        scale, mask, kind, why = _score_chain(b)
-        if not why and b.softmax.args[1] not in (-1, len(b.softmax.meta["val"].shape) - 1):
-            why = "softmax not over the last dim"
-        if not why and not _probs_chain_ok(b):
-            why = "op between softmax and BMM2 not understood"
-        if why:
-            reasons.append(f"{b.module}: {why}")
-            continue
-        probs_qdq.pop(b.bmm2, None)  # the block's probs stay FP16 inside SDPA
-        q, kt, v = b.bmm1.args[0], b.bmm1.args[1], b.bmm2.args[1]
-        quantized = all(_is_qdq(t) for t in (q, kt, v))
-        if quantized and not keep_qkv_qdq:
-            q, kt, v = q.args[0], kt.args[0], v.args[0]
-        if not _is_qdq(q) and isinstance(q, Node) and q.target is aten.mul.Tensor and len(q.users) == 1 \
-                and constant_scalar(q.args[1]) is not None:
-            scale *= constant_scalar(q.args[1])  # an unquantized Q: let SDPA apply the scale
-            q = q.args[0]
-        if kind == "add" and _provably(gm, mask, 0.0):
-            mask, dropped = None, dropped + 1
-        elif kind == "keep":
-            cond = mask[1] if isinstance(mask, tuple) else mask
-            if _provably(gm, cond, not isinstance(mask, tuple)):
-                mask, dropped = None, dropped + 1
-        with g.inserting_before(b.bmm2):
-            k = g.call_function(aten.transpose.int, (kt, -2, -1))
-            if isinstance(mask, tuple):  # masked_fill(cond, -inf): SDPA's boolean mask keeps where True
-                mask = g.call_function(aten.logical_not.default, (mask[1],))
-            attn = g.call_function(aten.scaled_dot_product_attention.default, (q, k, v),
-                                   {"attn_mask": mask, "dropout_p": 0.0, "is_causal": False, "scale": scale})
-        attn.meta.update({key: b.bmm2.meta[key] for key in ("nn_module_stack", "val") if key in b.bmm2.meta})
-        b.bmm2.replace_all_uses_with(attn)
-        _erase_block(b)
-        fused += 1
-        fp8_qkv += quantized and keep_qkv_qdq
-    for user, (x, scale, meta) in probs_qdq.items():  # blocks left as they were get their probs quantizer back
-        _restore_qdq(gm, user, x, scale, meta)
-    g.eliminate_dead_code()
-    gm.recompile()
-    return fused, fp8_qkv, dropped, reasons
 
 
 # ---- pass 2: GEMMs -> torch._scaled_mm ----
