@@ -140,3 +140,25 @@ def test_gemv_heads_are_skipped_by_default_and_can_be_kept():
     kept = fxq.quantize(model, vit_inputs(1), calib, fxq.QuantConfig(skip_gemv=False), progress=False)
     assert not [k for k in kept.placement.skips if k.reason == "gemv"]
     assert kept.placement.count("linear.weight") == qm.placement.count("linear.weight") + 1
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    ({"skip_gemv": "yes"}, "skip_gemv must be True or False"),
+    ({"dynamic_shapes": ["input_ids"]}, "dynamic_shapes must map input names"),
+    ({"dynamic_shapes": {"input_ids": {"zero": "batch"}}}, r"dynamic_shapes\['input_ids'\] must map dim indices"),
+    ({"dynamic_shapes": {"input_ids": {"1": {"name": "seq", "max": "64"}}}}, "must map dim indices"),
+])
+def test_bad_shape_options_in_a_config_are_refused(kwargs, words):
+    with pytest.raises(TypeError, match=words):
+        fxq.QuantConfig(**kwargs)
+
+
+def test_program_in_dtype_refuses_non_float_targets():
+    from fxq.graph_dtype import program_in_dtype
+
+    qm = fxq.quantize(TinyAttention("mul_after").eval(), inputs_for("mul_after"), [inputs_for("mul_after")],
+                      progress=False)
+    assert program_in_dtype(qm.program, torch.float32) is qm.program  # nothing to convert
+    for bad in (torch.int8, torch.float8_e4m3fn):
+        with pytest.raises(ValueError, match="cannot convert a program to"):
+            program_in_dtype(qm.program, bad)
