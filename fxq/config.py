@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Mapping
 
 from . import roles as R
+from . import validate
 from .errors import ConfigError
 
 CALIBRATORS = ("max", "percentile")
@@ -158,10 +159,17 @@ class QuantConfig:
         }
 
     @classmethod
-    def from_dict(cls, d: Mapping) -> "QuantConfig":
-        from .validate import config_dict
+    def from_file(cls, path) -> "QuantConfig":
+        """Read a QuantConfig from a JSON file (to_dict format), every failure a ConfigError naming the file."""
+        doc = validate.json_file(path, "config file", ConfigError, "write one with json.dump(config.to_dict(), f)")
+        try:
+            return cls.from_dict(doc)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"config file {path} is not a valid fxq config: {e}") from None
 
-        config_dict(d)  # shape and types, a ConfigError naming the field (fxq/validate.py)
+    @classmethod
+    def from_dict(cls, d: Mapping) -> "QuantConfig":
+        validate.config_dict(d)  # shape and types, a ConfigError naming the field (fxq/validate.py)
         d = dict(d)
         version = d.pop("version", CONFIG_VERSION)
         if version != CONFIG_VERSION:

@@ -136,17 +136,6 @@ def json_file(path: Path, what: str, error: type[Exception], fix: str) -> Any:
         raise error(f"{what} {path} is not valid JSON ({e}); fix: {fix}") from None
 
 
-def config_file(path: Path):
-    """Read a QuantConfig from a JSON file, every failure a ConfigError naming the file."""
-    from .config import QuantConfig
-
-    doc = json_file(path, "config file", ConfigError, "write one with json.dump(config.to_dict(), f)")
-    try:
-        return QuantConfig.from_dict(doc)
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"config file {path} is not a valid fxq config: {e}") from None
-
-
 # -- models and example inputs ---------------------------------------------------------------
 def model(m: Any) -> None:
     """A module fxq can quantize: real (not meta) tensors, finite parameters."""
@@ -203,12 +192,14 @@ def _is_hf_model(m) -> bool:
     return transformers is not None and isinstance(m, transformers.PreTrainedModel)
 
 
-def seq_len(n: int, max_positions: Any = None) -> None:
+def seq_len(n: int, max_positions: Any = None, name: str = "seq_len") -> None:
+    """A sequence length: a whole number >= 1, within the model's positions. `name` is how the caller
+    spells the setting (the CLI passes "--seq-len"; both accept the fix written as name=value)."""
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise InputError(f"--seq-len must be a positive whole number, got {n!r}; fix: e.g. --seq-len 128")
+        raise InputError(f"{name} must be a positive whole number, got {n!r}; fix: e.g. {name}=128")
     if isinstance(max_positions, int) and not isinstance(max_positions, bool) and n > max_positions:
-        raise InputError(f"--seq-len {n} exceeds the model's max_position_embeddings ({max_positions}); "
-                         f"fix: pass --seq-len {max_positions} or less")
+        raise InputError(f"{name} {n} exceeds the model's max_position_embeddings ({max_positions}); "
+                         f"fix: {name}={max_positions} or less")
 
 
 # -- export options and files ----------------------------------------------------------------
