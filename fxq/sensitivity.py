@@ -53,8 +53,13 @@ class SensitivityResult:
                           line(head), line(tuple("-" * w for w in widths)), *(line(b) for b in body)])
 
     def plot(self, path, top: int | None = 40) -> None:
-        """A bar chart of each group's gain, largest first (PNG)."""
+        """A bar chart of each group's gain, largest first (PNG), written atomically: rendered into
+        fxq.atomic's staging folder and renamed over `path` (a symlink there is replaced, not followed)."""
+        from pathlib import Path
+
         import matplotlib
+
+        from .atomic import staging
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
@@ -70,8 +75,13 @@ class SensitivityResult:
         ax.legend(handles, list(colors), loc="lower right", fontsize=8)
         ax.set_title(f"fxq sensitivity (top {len(rows)} of {len(self.rows)} groups)")
         fig.tight_layout()
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with staging(path) as tmp:
+                fig.savefig(tmp / path.name, dpi=120)
+        finally:
+            plt.close(fig)
 
 
 def flop_shares(groups: list[GroupEdges], placement) -> dict[str, tuple[float, float]]:

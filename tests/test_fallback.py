@@ -122,13 +122,6 @@ def test_unknown_fallback_ids_and_unreachable_budgets_error():
         fxq.quantize(m, EXAMPLE, CALIB, fallback=fxq.Fallback(EVAL, 0.5, metric=offset), progress=False)
 
 
-@pytest.fixture(scope="module")
-def vit_folder(tmp_path_factory):
-    from hf_models import save_vit_folder
-
-    return save_vit_folder(tmp_path_factory.mktemp("vit"), n_images=4)
-
-
 def test_cli_sensitivity_and_fallback(vit_folder, tmp_path, capsys):
     from fxq.cli import main
 

@@ -18,15 +18,10 @@ def _op_counts(path):
 
 
 @pytest.fixture(scope="module")
-def vit_exports(tmp_path_factory):
+def vit_exports(tmp_path_factory, vit_base_fp8):  # tests/conftest.py: ViT-base quantized once per session
     d = tmp_path_factory.mktemp("vit")
     out = {}
-    torch.manual_seed(0)
-    calib = [vit_inputs(2) for _ in range(2)]
-    for attn in ("eager", "sdpa"):
-        torch.manual_seed(0)
-        model = vit(attn)
-        qm = fxq.quantize(model, vit_inputs(1), calib, progress=False)
+    for attn, (model, qm) in vit_base_fp8.items():
         out[attn] = (model, qm, qm.export_onnx(d / f"vit_{attn}.onnx", dtype=torch.float16))
     plain = d / "vit_plain_fp16.onnx"
     torch.onnx.export(vit("eager").half(), (), str(plain), kwargs={k: v.half() for k, v in vit_inputs(1).items()},
