@@ -66,7 +66,7 @@ def test_bert_with_padding_mask_quantizes_every_attention_block(attn):
     x = bert_inputs(3)
     with torch.no_grad():
         ref, out = model(**x).last_hidden_state, qm(**x).last_hidden_state
-    assert fxq.verify.compare(ref, out)["cosine"] > 0.99
+    assert fxq.verify.compare(ref, out)["cosine"] > 0.99999  # measured 0.9999986 (eager and sdpa)
 
 
 def test_pt2e_gives_the_same_placement_and_scales_as_quantize():

@@ -112,7 +112,7 @@ def test_dynamic_sequence_length_runs_two_lengths_in_onnxruntime(tmp_path):
         x = bert_inputs(2, seq=seq)
         out = run_onnx(r.path, x, torch.float16)[0]
         assert out.shape == (2, seq, 64)
-        assert compare(first_output(qm(**x)), out)["cosine"] > 0.999
+        assert compare(first_output(qm(**x)), out)["cosine"] > 0.99999  # measured 0.9999996 at both lengths
     rep = check_model(r.path)
     assert all("dynamic_seq_len" in a.reasons for a in rep.attention)  # the checker says what it costs TensorRT
 

@@ -67,7 +67,7 @@ def test_vit_onnxruntime_agrees_with_fake_quant_model(vit_exports):
     assert ort_out.shape == (3, 1000)
     m = compare(first_output(qm(**x)), ort_out)
     # Random-init ViT-base is very FP8-sensitive (NOTES.md): FP16 rounding flips some FP8 codes, which cascade.
-    assert m["cosine"] > 0.98, m
+    assert m["cosine"] > 0.995, m  # measured 0.9960
 
 
 @pytest.mark.parametrize("spelling", ["mul_after", "fp32_softmax", "sdpa_bool_mask", "sdpa_causal"])
@@ -89,7 +89,7 @@ def test_vit_onnxruntime_optimizations_stay_within_float_noise(vit_exports):
     x = vit_inputs(2)
     optimized = run_onnx(result.path, x, torch.float16, optimize=True)[0]
     plain = run_onnx(result.path, x, torch.float16, optimize=False)[0]
-    assert compare(plain, optimized)["cosine"] > 0.99
+    assert compare(plain, optimized)["cosine"] > 0.997  # measured 0.9981
 
 
 @pytest.mark.parametrize("attn", ["eager", "sdpa"])
@@ -102,7 +102,7 @@ def test_bert_with_padding_mask_every_attention_block_ready(tmp_path, attn):
     assert [g.module for g in rep.gemms if not g.ready] == ["pooler.dense"] and rep.ready  # the pooler: a GEMV
     x = bert_inputs(3)
     m = compare(first_output(qm(**x)), run_onnx(result.path, x, torch.float16)[0])
-    assert m["cosine"] > 0.99, m
+    assert m["cosine"] > 0.99999, m  # measured 0.9999996 (eager and sdpa)
 
 
 @pytest.mark.parametrize("dtype,elem", [(torch.float32, TensorProto.FLOAT), (torch.bfloat16, TensorProto.BFLOAT16)])
@@ -119,7 +119,7 @@ def test_fp32_and_bf16_exports(tmp_path, dtype, elem):
     if dtype == torch.float32:  # the FP32 graph is the fake-quant model itself: tight agreement
         x = bert_inputs(3)
         m = compare(first_output(qm(**x)), run_onnx(result.path, x, dtype)[0])
-        assert m["cosine"] > 0.999, m
+        assert m["cosine"] > 0.9999999, m  # measured 1 - 6e-15
 
 
 def test_export_failure_leaves_no_file(tmp_path, monkeypatch):

@@ -35,7 +35,7 @@ def test_fake_quant_stays_close_to_float(spelling):
     with torch.no_grad():
         ref, out = model(*x), qm(*x)
     m = compare(ref, out)
-    assert m["sqnr_db"] > 25, m  # E4M3 alone gives ~31 dB on Gaussian data; a misplaced scale drops far lower
+    assert m["sqnr_db"] > 33, m  # measured 34.6-37.5 dB over the spellings; a misplaced scale drops far lower
     targets = [n.target for n in qm.graph_module.graph.nodes]
     assert targets.count(torch.ops.fxq.fp8_qdq.default) == 8  # activations: 2 LN outputs, 2 linear inputs, q, k, v, probs
     assert targets.count(torch.ops.fxq.fp8_dequant.default) == 6  # FP8 weights: q, k, v, o, fc1, fc2
