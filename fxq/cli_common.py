@@ -3,9 +3,6 @@ the calibration batches, and a run that keeps other libraries' noise out of the 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import logging
-import warnings
 from pathlib import Path
 
 N_EVAL_BUILTIN = 16  # built-in sentences held out from calibration to measure FP8 drift
@@ -108,18 +105,8 @@ def calibration(args, source, items):
     raise CliError(f"no calibration data for {source.name}: pass {flags}")
 
 
-@contextlib.contextmanager
 def quiet_dependencies():
     """Hold back, for this run only, the log lines and warnings listed in QUIET_LOGGERS/QUIET_WARNINGS."""
-    loggers = [logging.getLogger(name) for name in QUIET_LOGGERS]
-    levels = [lg.level for lg in loggers]
-    with warnings.catch_warnings():
-        for category, message in QUIET_WARNINGS:
-            warnings.filterwarnings("ignore", message=message, category=category)
-        for lg in loggers:
-            lg.setLevel(logging.ERROR)
-        try:
-            yield
-        finally:
-            for lg, level in zip(loggers, levels):
-                lg.setLevel(level)
+    from .quiet import quiet
+
+    return quiet(QUIET_LOGGERS, QUIET_WARNINGS)

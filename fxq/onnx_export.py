@@ -1,10 +1,7 @@
 """Export a QuantizedModel to ONNX with native QuantizeLinear/DequantizeLinear (FLOAT8E4M3FN)."""
 from __future__ import annotations
 
-import contextlib
-import logging
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +15,7 @@ from .atomic import staging
 from .graph_dtype import program_in_dtype
 from .insert import DEQUANT, DEQUANT_AXIS, QDQ
 from .memory import release_free_memory
+from .quiet import quiet
 from onnx_post import skeleton
 
 DEFAULT_OPSET = 21  # onnxruntime computes fp16 Q/DQ in fp32 up to 21, as fxq's torch op does
@@ -93,19 +91,8 @@ def _onnxscript_opset(version: int):
 _NOISY_LOGGERS = ("torch.onnx._internal.exporter._registration", "onnxscript.optimizer._constant_folding")
 
 
-@contextlib.contextmanager
 def _quiet_exporter():
-    loggers = [logging.getLogger(name) for name in _NOISY_LOGGERS]
-    levels = [lg.level for lg in loggers]
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
-        for lg in loggers:
-            lg.setLevel(logging.ERROR)
-        try:
-            yield
-        finally:
-            for lg, level in zip(loggers, levels):
-                lg.setLevel(level)
+    return quiet(_NOISY_LOGGERS, [(FutureWarning, ".*LeafSpec.*")])
 
 
 @dataclass

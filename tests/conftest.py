@@ -66,3 +66,14 @@ def calibrated():
 
     torch.manual_seed(0)
     return quantize_tiny()
+
+
+@pytest.fixture
+def no_model_load(monkeypatch):
+    """Fail the test if the CLI gets as far as loading a model."""
+    import fxq.sources
+
+    def refuse(*a, **k):
+        raise AssertionError("the model was loaded before the arguments were checked")
+
+    monkeypatch.setattr(fxq.sources, "load_source", refuse)

@@ -15,17 +15,6 @@ from fxq.cli import main
 ROOT = Path(__file__).parent.parent
 
 
-@pytest.fixture
-def no_model_load(monkeypatch):
-    """Fail the test if the CLI gets as far as loading a model."""
-    import fxq.sources
-
-    def refuse(*a, **k):
-        raise AssertionError("the model was loaded before the arguments were checked")
-
-    monkeypatch.setattr(fxq.sources, "load_source", refuse)
-
-
 LATE = [  # (argv after the model, words); each used to fail only after the model load or the whole run
     (["quantize", "{vit}", "--load-calib", "{t}/missing.json", "--out", "{t}/o.onnx"],
      ["--load-calib file", "missing.json does not exist", "fix: pass a file written by --save-calib"]),

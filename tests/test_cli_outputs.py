@@ -9,17 +9,6 @@ from cli_runs import cli_error
 from fxq.cli import main
 
 
-@pytest.fixture
-def no_model_load(monkeypatch):
-    """Fail the test if the CLI gets as far as loading a model."""
-    import fxq.sources
-
-    def refuse(*a, **k):
-        raise AssertionError("the model was loaded before the arguments were checked")
-
-    monkeypatch.setattr(fxq.sources, "load_source", refuse)
-
-
 def digest(path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
