@@ -18,10 +18,9 @@ from .atomic import staging
 from .graph_dtype import program_in_dtype
 from .insert import DEQUANT, DEQUANT_AXIS, QDQ
 from .memory import release_free_memory
-from onnx_post import skeleton
+from onnx_post import IR_VERSION, skeleton
 
 DEFAULT_OPSET = 21  # onnxruntime computes fp16 Q/DQ in fp32 up to 21, as fxq's torch op does
-IR_VERSION = 10
 # protobuf cannot serialise 2 GiB; leave headroom for the graph itself.
 EXTERNAL_DATA_BYTES = 2**31 - 2**26
 _TORCH = {ir.DataType.FLOAT: torch.float32, ir.DataType.FLOAT16: torch.float16, ir.DataType.BFLOAT16: torch.bfloat16}

@@ -11,6 +11,8 @@ import re
 
 import numpy as np
 
+from onnx_post.runtime import onnx_session  # keeps onnxruntime's FP8-unsafe rewrites disabled
+
 SYMBOLIC_DIM = 2
 _NP = {"float": np.float32, "float16": np.float16, "double": np.float64, "int64": np.int64, "int32": np.int32,
        "int8": np.int8, "uint8": np.uint8, "bool": np.bool_}
@@ -40,8 +42,6 @@ def random_inputs(session, seed: int = 0) -> dict[str, np.ndarray]:
 
 def verify_outputs(path, seed: int = 0) -> dict:
     """{"ok", "inputs": {name: shape}, "outputs": {name: {"shape", "nonfinite", "size"}}}."""
-    from fxq.verify import onnx_session  # keeps onnxruntime's FP8-unsafe rewrites disabled
-
     try:
         sess = onnx_session(path)
     except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
