@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from onnx_post.runtime import WRONG_ON_FP8, onnx_session  # noqa: F401  (fxq's callers import them from here)
+from onnx_post.runtime import onnx_session  # noqa: F401  (fxq callers import it from here)
 
 from .capture import Inputs
 

@@ -28,10 +28,10 @@ def fold_weight_quantize(graph: gs.Graph) -> int:
             continue
         axis = q.attrs.get("axis", 1)
         s = scale if scale.size == 1 else np.expand_dims(scale, tuple(i for i in range(w.ndim) if i != axis % w.ndim))
-        fp8 = gs.Constant(new_name(graph, q.inputs[0].name + "_fp8"), fp8.quantize(w, s))
+        codes = gs.Constant(new_name(graph, q.inputs[0].name + "_fp8"), fp8.quantize(w, s))
         out = q.outputs[0]
         for dq in list(out.outputs):
-            dq.inputs[0] = fp8
+            dq.inputs[0] = codes
         q.outputs.clear()
         fired += 1
     return fired
