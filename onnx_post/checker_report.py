@@ -92,7 +92,10 @@ class Readiness:
         skipped = sum(g.skipped for g in self.gemms)
         gemm = f"GEMMs: {ready}/{len(self.gemms)} ready (both inputs DQ)"
         if skipped:
-            gemm += f", {skipped} skipped (K or N < {MIN_GEMM_DIM}, or GEMV)"
+            why = f"K or N < {MIN_GEMM_DIM}, or GEMV"
+            if any(g.skipped and g.reasons == ["head_size_out_of_window"] for g in self.gemms):
+                why = f"K or N < {MIN_GEMM_DIM}, GEMV, or BMM of a float attention block"
+            gemm += f", {skipped} skipped ({why})"
         attn = f"attention: {sum(a.ready for a in self.attention)}/{len(self.attention)} ready"
         attn_skipped = sum(a.skipped for a in self.attention)
         if attn_skipped:
