@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import onnx
 from onnx import TensorProto
 
 from onnx_post.checker_graph import GraphIndex

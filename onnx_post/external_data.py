@@ -8,7 +8,6 @@ and the location the model gave, never the size of a file.
 """
 from __future__ import annotations
 
-import os
 import re
 import stat
 from pathlib import Path, PurePosixPath, PureWindowsPath
@@ -110,11 +109,20 @@ def to_array(t: TensorProto, base_dir: str) -> np.ndarray:
     return numpy_helper.to_array(inline)
 
 
+def _node_tensors(nodes):
+    for n in nodes:
+        for a in n.attribute:
+            yield from ([a.t] if a.type == onnx.AttributeProto.TENSOR else a.tensors)
+            for g in ([a.g] if a.type == onnx.AttributeProto.GRAPH else a.graphs):
+                yield from g.initializer
+                yield from _node_tensors(g.node)
+
+
 def external_tensors(model: onnx.ModelProto):
     """Every tensor with external data: initializers and Constant values, in subgraphs and functions too."""
-    for t in onnx.external_data_helper._get_all_tensors(model):  # noqa: SLF001 - onnx's own walk over all graphs
-        if t.data_location == TensorProto.EXTERNAL:
-            yield t
+    tensors = [*model.graph.initializer, *_node_tensors(model.graph.node),
+               *(t for f in model.functions for t in _node_tensors(f.node))]
+    return [t for t in tensors if t.data_location == TensorProto.EXTERNAL]
 
 
 def check_external_data(model: onnx.ModelProto, base_dir: str) -> int:

@@ -214,3 +214,18 @@ def test_help_separates_every_reason_code_from_its_text(capsys):
     out = capsys.readouterr().out
     for code in REASONS:
         assert re.search(rf"^  {code}\s+\S", out, re.M), f"{code} runs into its text"
+
+
+def test_external_data_in_a_branch_constant_is_checked_too(tmp_path):
+    from onnx_post.external_data import ExternalDataError, check_external_data
+
+    value = numpy_helper.from_array(np.ones(4, np.float32), "c")
+    value.data_location = TensorProto.EXTERNAL
+    value.external_data.add(key="location", value="../outside.bin")
+    then = helper.make_graph([helper.make_node("Constant", [], ["t"], value=value)], "then", [],
+                             [helper.make_tensor_value_info("t", F32, [4])])
+    g = helper.make_graph([helper.make_node("If", ["cond"], ["y"], then_branch=then, else_branch=then)], "g",
+                          [helper.make_tensor_value_info("cond", TensorProto.BOOL, [])],
+                          [helper.make_tensor_value_info("y", F32, [4])])
+    with pytest.raises(ExternalDataError, match="location with '..'"):
+        check_external_data(helper.make_model(g), str(tmp_path))
