@@ -54,6 +54,7 @@ def _onnx_attention(shape, p_scale=P_SCALE):
     graph = helper.make_graph(nodes, "fp8_attention", [io("q", shape), io("k", shape), io("v", shape),
                                                         io("mask", [b, 1, t, t])], [io("o", shape)], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+    model.ir_version = 10  # the lowest for opset 21: older onnxruntime builds refuse newer IR versions
     onnx.checker.check_model(model)
     return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
 
@@ -149,14 +150,17 @@ def _codes(q, k, v):
 
 
 def kernel_error_in_probs_steps(out, q, k, v, mask=None, is_causal=False):
-    """max |kernel - reference| over the envelope of one E4M3 step of P (<= 1: within one step), and cosine."""
+    """max |kernel - reference| over the envelope of one E4M3 step of P (<= 1: within one step), the output's
+    1 - cosine to the reference, and the graph's own 1 - cosine from rounding P (reference with vs without)."""
     q8, k8, v8 = _codes(q, k, v)
     ref = reference_from_codes(q8, k8, v8, *SCALES, mask=mask, is_causal=is_causal, out_dtype=torch.float32)
+    unrounded = reference_from_codes(q8, k8, v8, *SCALES, mask=mask, is_causal=is_causal, p_scale=None,
+                                     out_dtype=torch.float32)
     env = probs_step_envelope(q8, k8, v8, *SCALES, mask=mask, is_causal=is_causal)
     out_rounding = ref.abs() * torch.finfo(out.dtype).eps  # the kernel's last step writes fp16/bf16
     ratio = ((out.float() - ref).abs() - out_rounding).clamp_min(0) / env
-    cos = torch.nn.functional.cosine_similarity(out.float().flatten(), ref.flatten(), dim=0)
-    return ratio.max().item(), cos.item()
+    cos = lambda a, b: torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0).item()  # noqa
+    return ratio.max().item(), 1 - cos(out.float(), ref), 1 - cos(unrounded, ref)
 
 
 CASES = [  # (shape, dtype, causal, mask kind)
@@ -181,10 +185,13 @@ def test_kernel_within_one_fp8_step_of_p(shape, dtype, causal, mask_kind, exact)
         mask = torch.randn(b, 1, t, t, device="cuda", dtype=dtype)
     out = fp8_attention(q, k, v, *SCALES, mask=mask, is_causal=causal, exact_probs=exact)
     assert out.dtype == dtype and out.shape == shape and torch.isfinite(out).all()
-    ratio, cos = kernel_error_in_probs_steps(out, q, k, v, mask, causal)
-    print(f"{shape} {dtype} causal={causal} mask={mask_kind} exact={exact}: {ratio:.3f} steps, cosine {cos:.7f}")
-    assert ratio <= 1.0
-    assert cos > (0.99999 if exact else 0.9999)
+    steps, miss, p_noise = kernel_error_in_probs_steps(out, q, k, v, mask, causal)
+    print(f"{shape} {dtype} causal={causal} mask={mask_kind} exact={exact}: {steps:.3f} steps of P, "
+          f"1-cos {miss:.2e} (graph's own P rounding {p_noise:.2e})")
+    assert steps <= 1.0
+    # One pass rounds P on other grids: an error of the size of the graph's own P rounding, no more.
+    # Exact: the same codes as the graph but for ties (fp32 sums in another order).
+    assert miss <= (0.1 if exact else 3.0) * p_noise
 
 
 @gpu
@@ -215,5 +222,5 @@ def test_kernel_under_torch_compile_and_cuda_graphs():
         out_whole = compiled_whole(q, k, v).clone()
     assert torch.equal(out_op, eager_op)  # the kernel itself replays bit for bit in a CUDA graph
     # Inductor fuses the q/k/v quantization and may round x / s as x * (1 / s): a code can move by one step.
-    ratio, cos = kernel_error_in_probs_steps(out_whole, q, k, v, mask)
-    assert ratio <= 1.0 and cos > 0.9999
+    steps, miss, p_noise = kernel_error_in_probs_steps(out_whole, q, k, v, mask)
+    assert steps <= 1.0 and miss <= 3.0 * p_noise

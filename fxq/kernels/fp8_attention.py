@@ -86,9 +86,11 @@ def fp8_attention_codes(q8: torch.Tensor, k8: torch.Tensor, v8: torch.Tensor, q_
     b, h, tq, d = q8.shape
     out = torch.empty((b, h, tq, d), dtype=out_dtype, device=q8.device)
     full_mask = None if mask is None else mask.expand(b, h, tq, k8.shape[-2])
+    # One pass rounds P / p_scale unnormalised, up to 1 / p_scale: past 464 that saturates by more than half
+    # an E4M3 step where the graph's normalised P does not, so such scales take the exact path.
+    exact = exact_probs or p_scale < 1.0 / 464
     return _triton_kernel().launch(q8, k8, v8, full_mask, out, qk_scale=q_scale * k_scale * sm_scale,
-                                   out_scale=p_scale * v_scale, inv_p_scale=1.0 / p_scale,
-                                   is_causal=is_causal, exact_probs=exact_probs)
+                                   v_scale=v_scale, p_scale=p_scale, is_causal=is_causal, exact_probs=exact)
 
 
 @fp8_attention_codes.register_fake

@@ -26,22 +26,23 @@ LOG2E = 1.4426950408889634
 @triton.jit
 def _scores(q, k_ptrs, mask_ptr, mask_rows, start_n, offs_m, offs_n, n_keys, stride_kn, stride_mn, qk_scale,
             MASK_KIND: tl.constexpr, CAUSAL: tl.constexpr, BOUNDARY: tl.constexpr):
-    """One (BLOCK_M, BLOCK_N) tile of scores in log2 units; masked-out keys are -inf."""
+    """One (BLOCK_M, BLOCK_N) tile of scores, masked-out keys at -inf. Without a mask the raw q.k codes
+    product comes back (the caller folds qk_scale into its exp2 FMA); with one, log2 units plus the mask."""
     cols = start_n + offs_n
     if BOUNDARY:
         k = tl.load(k_ptrs + start_n * stride_kn, mask=(cols < n_keys)[:, None], other=0.0)
     else:
         k = tl.load(k_ptrs + start_n * stride_kn)
-    s = tl.dot(q, tl.trans(k)) * qk_scale
+    s = tl.dot(q, tl.trans(k))
     if MASK_KIND == 1:  # one row per (batch, head), broadcast over queries (BERT padding)
         if BOUNDARY:
             add = tl.load(mask_ptr + cols * stride_mn, mask=cols < n_keys, other=0.0)
         else:
             add = tl.load(mask_ptr + cols * stride_mn)
-        s += add.to(tl.float32)[None, :] * 1.4426950408889634
+        s = s * qk_scale + add.to(tl.float32)[None, :] * 1.4426950408889634
     if MASK_KIND == 2:  # a full (queries, keys) mask
         add = tl.load(mask_rows + cols[None, :] * stride_mn, mask=(cols < n_keys)[None, :], other=0.0)
-        s += add.to(tl.float32) * 1.4426950408889634
+        s = s * qk_scale + add.to(tl.float32) * 1.4426950408889634
     if CAUSAL:
         s = tl.where(offs_m[:, None] >= cols[None, :], s, float("-inf"))
     if BOUNDARY:
@@ -50,9 +51,9 @@ def _scores(q, k_ptrs, mask_ptr, mask_rows, start_n, offs_m, offs_n, n_keys, str
 
 
 @triton.jit
-def _pv(acc, p, v_ptrs, start_n, offs_n, n_keys, stride_vn, inv_p_scale, BOUNDARY: tl.constexpr):
-    """acc += E4M3(p / p_scale) @ V_tile (codes), on FP8 tensor cores."""
-    p8 = tl.minimum(p * inv_p_scale, 448.0).to(tl.float8e4nv)  # p >= 0; cvt.rn.satfinite: nearest even
+def _pv(acc, p, v_ptrs, start_n, offs_n, n_keys, stride_vn, BOUNDARY: tl.constexpr):
+    """acc += E4M3(p) @ V_tile (codes) on FP8 tensor cores; p is already P / p_scale, in [0, 448]."""
+    p8 = p.to(tl.float8e4nv)  # cvt.rn.satfinite: nearest even, saturating (exp2 may land an ulp over 448)
     if BOUNDARY:
         vt = tl.load(v_ptrs + start_n * stride_vn, mask=((start_n + offs_n) < n_keys)[None, :], other=0.0)
     else:
@@ -62,32 +63,41 @@ def _pv(acc, p, v_ptrs, start_n, offs_n, n_keys, stride_vn, inv_p_scale, BOUNDAR
 
 @triton.jit
 def _sweep(acc, m_i, l_i, lo, hi, q, k_ptrs, v_ptrs, mask_ptr, mask_rows, offs_m, offs_n, n_keys,
-           stride_kn, stride_vn, stride_mn, qk_scale, inv_p_scale,
+           stride_kn, stride_vn, stride_mn, qk_scale, log2_inv_p,
            BLOCK_N: tl.constexpr, MASK_KIND: tl.constexpr, CAUSAL: tl.constexpr, BOUNDARY: tl.constexpr,
            PHASE: tl.constexpr):
-    """PHASE 0: one-pass online softmax. 1: row max and sum only. 2: P from the final max and sum."""
+    """PHASE 0: one-pass online softmax. 1: row max and sum only. 2: P from the final max and sum.
+
+    m_i is the running max in log2 units. Phase 0 rounds exp2(s - m_i + log2(1 / p_scale)), so its l_i
+    sums P / p_scale unnormalised; phase 2 gets l_i = 1 / (p_scale * row sum) and rounds exp2(s - m) * l_i."""
+    if MASK_KIND == 0:
+        a = qk_scale  # raw scores: the scale rides in the exp2 argument's FMA
+    else:
+        a = 1.0
     for start_n in range(lo, hi, BLOCK_N):
         start_n = tl.multiple_of(start_n, BLOCK_N)
         s = _scores(q, k_ptrs, mask_ptr, mask_rows, start_n, offs_m, offs_n, n_keys, stride_kn, stride_mn,
                     qk_scale, MASK_KIND, CAUSAL, BOUNDARY)
         if PHASE == 2:
-            p = tl.math.exp2(s - m_i[:, None]) * l_i[:, None]  # l_i holds 1 / row sum here
-            acc = _pv(acc, p, v_ptrs, start_n, offs_n, n_keys, stride_vn, inv_p_scale, BOUNDARY)
+            p = tl.math.exp2(s * a - m_i[:, None]) * l_i[:, None]
+            acc = _pv(acc, p, v_ptrs, start_n, offs_n, n_keys, stride_vn, BOUNDARY)
         else:
-            m_new = tl.maximum(m_i, tl.max(s, 1))
+            m_new = tl.maximum(m_i, tl.max(s, 1) * a)
             m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row masked so far: keep exp2 finite
             alpha = tl.math.exp2(m_i - m_safe)
-            p = tl.math.exp2(s - m_safe[:, None])
+            if PHASE == 0:
+                p = tl.math.exp2(s * a - (m_safe - log2_inv_p)[:, None])
+            else:
+                p = tl.math.exp2(s * a - m_safe[:, None])
             l_i = l_i * alpha + tl.sum(p, 1)
             m_i = m_new
             if PHASE == 0:
-                acc = _pv(acc * alpha[:, None], p, v_ptrs, start_n, offs_n, n_keys, stride_vn, inv_p_scale,
-                          BOUNDARY)
+                acc = _pv(acc * alpha[:, None], p, v_ptrs, start_n, offs_n, n_keys, stride_vn, BOUNDARY)
     return acc, m_i, l_i
 
 
 @triton.jit
-def _fp8_attention_fwd(Q, K, V, Mask, Out, qk_scale, out_scale, inv_p_scale,
+def _fp8_attention_fwd(Q, K, V, Mask, Out, qk_scale, v_scale, p_scale,
                        stride_qb, stride_qh, stride_qm, stride_qd, stride_kb, stride_kh, stride_kn, stride_kd,
                        stride_vb, stride_vh, stride_vn, stride_vd, stride_mb, stride_mh, stride_mm, stride_mn,
                        stride_ob, stride_oh, stride_om, stride_od, H, n_queries, n_keys,
@@ -111,6 +121,7 @@ def _fp8_attention_fwd(Q, K, V, Mask, Out, qk_scale, out_scale, inv_p_scale,
     m_i = tl.zeros([BLOCK_M], dtype=tl.float32) - float("inf")
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+    log2_inv_p = -tl.log2(p_scale)
 
     hi = n_keys
     if CAUSAL:
@@ -118,32 +129,38 @@ def _fp8_attention_fwd(Q, K, V, Mask, Out, qk_scale, out_scale, inv_p_scale,
     full = (hi // BLOCK_N) * BLOCK_N  # tiles before `full` need no key-bound checks
 
     if EXACT_PROBS:  # sweep 1: row max and sum; sweep 2: P exactly as the graph rounds it
-        acc, m_i, l_i = _sweep(acc, m_i, l_i, 0, full, q, k_ptrs, v_ptrs, mask_ptr, mask_rows, offs_m, offs_n, n_keys, stride_kn, stride_vn, stride_mn,
-                               qk_scale, inv_p_scale, BLOCK_N, MASK_KIND, CAUSAL, False, 1)
-        acc, m_i, l_i = _sweep(acc, m_i, l_i, full, hi, q, k_ptrs, v_ptrs, mask_ptr, mask_rows, offs_m, offs_n, n_keys, stride_kn, stride_vn, stride_mn,
-                               qk_scale, inv_p_scale, BLOCK_N, MASK_KIND, CAUSAL, True, 1)
+        acc, m_i, l_i = _sweep(acc, m_i, l_i, 0, full, q, k_ptrs, v_ptrs, mask_ptr, mask_rows, offs_m, offs_n,
+                               n_keys, stride_kn, stride_vn, stride_mn, qk_scale, log2_inv_p,
+                               BLOCK_N, MASK_KIND, CAUSAL, False, 1)
+        acc, m_i, l_i = _sweep(acc, m_i, l_i, full, hi, q, k_ptrs, v_ptrs, mask_ptr, mask_rows, offs_m, offs_n,
+                               n_keys, stride_kn, stride_vn, stride_mn, qk_scale, log2_inv_p,
+                               BLOCK_N, MASK_KIND, CAUSAL, True, 1)
         m_i = tl.where(m_i == float("-inf"), 0.0, m_i)
-        l_i = 1.0 / l_i  # a fully masked row: inf, and 0 * inf = NaN, as softmax gives
-        acc, m_i, l_i = _sweep(acc, m_i, l_i, 0, full, q, k_ptrs, v_ptrs, mask_ptr, mask_rows, offs_m, offs_n, n_keys, stride_kn, stride_vn, stride_mn,
-                               qk_scale, inv_p_scale, BLOCK_N, MASK_KIND, CAUSAL, False, 2)
-        acc, m_i, l_i = _sweep(acc, m_i, l_i, full, hi, q, k_ptrs, v_ptrs, mask_ptr, mask_rows, offs_m, offs_n, n_keys, stride_kn, stride_vn, stride_mn,
-                               qk_scale, inv_p_scale, BLOCK_N, MASK_KIND, CAUSAL, True, 2)
-        o = acc * out_scale
+        l_i = 1.0 / (p_scale * l_i)  # a fully masked row: inf, and 0 * inf = NaN, as softmax gives
+        acc, m_i, l_i = _sweep(acc, m_i, l_i, 0, full, q, k_ptrs, v_ptrs, mask_ptr, mask_rows, offs_m, offs_n,
+                               n_keys, stride_kn, stride_vn, stride_mn, qk_scale, log2_inv_p,
+                               BLOCK_N, MASK_KIND, CAUSAL, False, 2)
+        acc, m_i, l_i = _sweep(acc, m_i, l_i, full, hi, q, k_ptrs, v_ptrs, mask_ptr, mask_rows, offs_m, offs_n,
+                               n_keys, stride_kn, stride_vn, stride_mn, qk_scale, log2_inv_p,
+                               BLOCK_N, MASK_KIND, CAUSAL, True, 2)
+        o = acc * (p_scale * v_scale)
     else:
-        acc, m_i, l_i = _sweep(acc, m_i, l_i, 0, full, q, k_ptrs, v_ptrs, mask_ptr, mask_rows, offs_m, offs_n, n_keys, stride_kn, stride_vn, stride_mn,
-                               qk_scale, inv_p_scale, BLOCK_N, MASK_KIND, CAUSAL, False, 0)
-        acc, m_i, l_i = _sweep(acc, m_i, l_i, full, hi, q, k_ptrs, v_ptrs, mask_ptr, mask_rows, offs_m, offs_n, n_keys, stride_kn, stride_vn, stride_mn,
-                               qk_scale, inv_p_scale, BLOCK_N, MASK_KIND, CAUSAL, True, 0)
-        o = acc * (out_scale / l_i)[:, None]  # a fully masked row gives 0/0 = NaN, as softmax does
+        acc, m_i, l_i = _sweep(acc, m_i, l_i, 0, full, q, k_ptrs, v_ptrs, mask_ptr, mask_rows, offs_m, offs_n,
+                               n_keys, stride_kn, stride_vn, stride_mn, qk_scale, log2_inv_p,
+                               BLOCK_N, MASK_KIND, CAUSAL, False, 0)
+        acc, m_i, l_i = _sweep(acc, m_i, l_i, full, hi, q, k_ptrs, v_ptrs, mask_ptr, mask_rows, offs_m, offs_n,
+                               n_keys, stride_kn, stride_vn, stride_mn, qk_scale, log2_inv_p,
+                               BLOCK_N, MASK_KIND, CAUSAL, True, 0)
+        o = acc * (v_scale / l_i)[:, None]  # l_i sums P / p_scale; a fully masked row: 0/0 = NaN, as softmax
     o_ptrs = Out + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_om + offs_d[None, :] * stride_od
     tl.store(o_ptrs, o.to(Out.dtype.element_ty), mask=rows_ok)
 
 
 # (BLOCK_M, BLOCK_N, num_warps, num_stages) per head dim, from benchmarks/attention_fp8.py's sweep on an H200.
-CONFIGS = {64: (128, 128, 8, 3), 128: (128, 128, 8, 3)}
+CONFIGS = {64: (128, 64, 4, 3), 128: (64, 128, 4, 3)}
 
 
-def launch(q8, k8, v8, mask, out, *, qk_scale: float, out_scale: float, inv_p_scale: float, is_causal: bool,
+def launch(q8, k8, v8, mask, out, *, qk_scale: float, v_scale: float, p_scale: float, is_causal: bool,
            exact_probs: bool, config=None):
     """q8, k8, v8: E4M3 codes (B, H, T, D), any strides. mask: None or an additive mask already expanded
     to (B, H, Tq, Tk) (stride 0 on broadcast axes). out: (B, H, Tq, D) fp16/bf16, written in place."""
@@ -157,7 +174,7 @@ def launch(q8, k8, v8, mask, out, *, qk_scale: float, out_scale: float, inv_p_sc
         mask_arg, mstrides = mask, mask.stride()
     grid = (triton.cdiv(tq, block_m), b * h)
     _fp8_attention_fwd[grid](
-        q8, k8, v8, mask_arg, out, qk_scale * LOG2E, out_scale, inv_p_scale,
+        q8, k8, v8, mask_arg, out, qk_scale * LOG2E, v_scale, p_scale,
         *q8.stride(), *k8.stride(), *v8.stride(), *mstrides, *out.stride(), h, tq, tk,
         HEAD_DIM=d, BLOCK_M=block_m, BLOCK_N=block_n, MASK_KIND=mask_kind, CAUSAL=is_causal,
         EXACT_PROBS=exact_probs, num_warps=warps, num_stages=stages)
