@@ -56,7 +56,9 @@ def _onnx_attention(shape, p_scale=P_SCALE):
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
     model.ir_version = 10  # the lowest for opset 21: older onnxruntime builds refuse newer IR versions
     onnx.checker.check_model(model)
-    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    options = ort.SessionOptions()  # no fusions: older builds fuse Q/DQ + MatMul into integer-only kernels
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
 @pytest.mark.parametrize("causal", [False, True])
