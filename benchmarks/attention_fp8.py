@@ -7,6 +7,7 @@ Rows, timed with triton.testing.do_bench (median of CUDA-event timings):
   sdpa best         the fastest SDPA backend that accepts the inputs (flash, cuDNN, efficient)
   fp8 kernel        torch.ops.fxq.fp8_attention on E4M3 codes, one-pass softmax, best config of the sweep
   fp8 exact         the same, exact_probs=True (P rounded exactly as the ONNX graph rounds it)
+  (json only)       fp8_plain_exp2: the best config with ex2.approx.f32 instead of its .ftz form
   fp8 + quantize    fxq.kernels.fp8_attention on fp16 q, k, v, eager (three quantize kernels + the kernel)
 Numerics against the graph-semantics reference (fp32, fxq/kernels/fp8_attention_reference.py): max error in
 units of one E4M3 step of P (<= 1 is the goal) and output cosine; FP16 SDPA's cosine to the same reference
@@ -34,8 +35,9 @@ from fxq.kernels.fp8_attention_reference import (P_SCALE, probs_step_envelope, q
 
 SHAPES = [("Flux.1 1024px", (1, 24, 4608, 128), False), ("SD3.5-Large", (1, 38, 4250, 64), False),
           ("ViT-base b256", (256, 12, 197, 64), False), ("BERT-large b32 padded", (32, 16, 384, 64), True)]
-SWEEP = {128: [(64, 128, 4, 3), (128, 128, 8, 3), (64, 64, 4, 3), (128, 64, 8, 3), (64, 128, 4, 4)],
-         64: [(128, 64, 4, 3), (64, 128, 4, 3), (128, 128, 4, 3), (64, 64, 4, 3), (128, 64, 4, 4), (128, 128, 8, 3)]}
+SWEEP = {128: [(64, 128, 4, 3), (64, 64, 4, 3), (128, 128, 8, 3), (64, 128, 4, 2), (128, 128, 8, 2), (64, 64, 4, 4)],
+         64: [(128, 64, 4, 3), (128, 64, 4, 4), (128, 32, 4, 3), (128, 64, 4, 2), (64, 64, 4, 3), (128, 128, 8, 3),
+              (256, 64, 8, 3)]}
 BACKENDS = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION,
             "efficient": SDPBackend.EFFICIENT_ATTENTION}
 
@@ -89,14 +91,16 @@ def run_shape(name, shape, padded):
     full_mask = None if mask is None else mask.expand(b, h, t, t)
     out = torch.empty_like(q)
 
-    def fp8(config, exact=False):
+    def fp8(config, exact=False, ftz=None):
         return lambda: kernel.launch(*codes, full_mask, out, qk_scale=scales[0] * scales[1], v_scale=scales[2],
-                                     p_scale=P_SCALE, is_causal=False, exact_probs=exact, config=config)
+                                     p_scale=P_SCALE, is_causal=False, exact_probs=exact, config=config,
+                                     ftz_exp=ftz)
     sweep = {c: do_bench(fp8(c), warmup=25, rep=200, return_mode="median") for c in SWEEP[d]}
     best = min(sweep, key=sweep.get)
     row = {"shape": name, "dims": shape, "sdpa": sdpa_times(q, k, v, mask), "sweep": {str(c): ms for c, ms in
            sweep.items()}, "best_config": best, "fp8": sweep[best],
            "fp8_exact": do_bench(fp8(best, True), warmup=25, rep=200, return_mode="median"),
+           "fp8_plain_exp2": do_bench(fp8(best, ftz=False), warmup=25, rep=200, return_mode="median"),
            "fp8_quantize": do_bench(lambda: fp8_attention(q, k, v, *scales, mask=mask), warmup=25, rep=200,
                                     return_mode="median")}
     fp8(best)()

@@ -24,6 +24,17 @@ LOG2E = 1.4426950408889634
 
 
 @triton.jit
+def _exp2(x, FTZ: tl.constexpr):
+    """2^x on the SFU. FTZ skips the denormal fix-up of the plain ex2.approx.f32: results below 2^-126 become 0,
+    which changes nothing here (E4M3's smallest step is 2^-9 and those terms vanish in the row sum)."""
+    if FTZ:
+        return tl.inline_asm_elementwise("ex2.approx.ftz.f32 $0, $1;", "=f,f", [x], dtype=tl.float32,
+                                         is_pure=True, pack=1)
+    else:
+        return tl.math.exp2(x)
+
+
+@triton.jit
 def _scores(q, k_ptrs, mask_ptr, mask_rows, start_n, offs_m, offs_n, n_keys, stride_kn, stride_mn, qk_scale,
             MASK_KIND: tl.constexpr, CAUSAL: tl.constexpr, BOUNDARY: tl.constexpr):
     """One (BLOCK_M, BLOCK_N) tile of scores, masked-out keys at -inf. Without a mask the raw q.k codes
@@ -65,7 +76,7 @@ def _pv(acc, p, v_ptrs, start_n, offs_n, n_keys, stride_vn, BOUNDARY: tl.constex
 def _sweep(acc, m_i, l_i, lo, hi, q, k_ptrs, v_ptrs, mask_ptr, mask_rows, offs_m, offs_n, n_keys,
            stride_kn, stride_vn, stride_mn, qk_scale, log2_inv_p,
            BLOCK_N: tl.constexpr, MASK_KIND: tl.constexpr, CAUSAL: tl.constexpr, BOUNDARY: tl.constexpr,
-           PHASE: tl.constexpr):
+           PHASE: tl.constexpr, FTZ: tl.constexpr):
     """PHASE 0: one-pass online softmax. 1: row max and sum only. 2: P from the final max and sum.
 
     m_i is the running max in log2 units. Phase 0 rounds exp2(s - m_i + log2(1 / p_scale)), so its l_i
@@ -79,16 +90,16 @@ def _sweep(acc, m_i, l_i, lo, hi, q, k_ptrs, v_ptrs, mask_ptr, mask_rows, offs_m
         s = _scores(q, k_ptrs, mask_ptr, mask_rows, start_n, offs_m, offs_n, n_keys, stride_kn, stride_mn,
                     qk_scale, MASK_KIND, CAUSAL, BOUNDARY)
         if PHASE == 2:
-            p = tl.math.exp2(s * a - m_i[:, None]) * l_i[:, None]
+            p = _exp2(s * a - m_i[:, None], FTZ) * l_i[:, None]
             acc = _pv(acc, p, v_ptrs, start_n, offs_n, n_keys, stride_vn, BOUNDARY)
         else:
             m_new = tl.maximum(m_i, tl.max(s, 1) * a)
             m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row masked so far: keep exp2 finite
-            alpha = tl.math.exp2(m_i - m_safe)
+            alpha = _exp2(m_i - m_safe, FTZ)
             if PHASE == 0:
-                p = tl.math.exp2(s * a - (m_safe - log2_inv_p)[:, None])
+                p = _exp2(s * a - (m_safe - log2_inv_p)[:, None], FTZ)
             else:
-                p = tl.math.exp2(s * a - m_safe[:, None])
+                p = _exp2(s * a - m_safe[:, None], FTZ)
             l_i = l_i * alpha + tl.sum(p, 1)
             m_i = m_new
             if PHASE == 0:
@@ -102,7 +113,8 @@ def _fp8_attention_fwd(Q, K, V, Mask, Out, qk_scale, v_scale, p_scale,
                        stride_vb, stride_vh, stride_vn, stride_vd, stride_mb, stride_mh, stride_mm, stride_mn,
                        stride_ob, stride_oh, stride_om, stride_od, H, n_queries, n_keys,
                        HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                       MASK_KIND: tl.constexpr, CAUSAL: tl.constexpr, EXACT_PROBS: tl.constexpr):
+                       MASK_KIND: tl.constexpr, CAUSAL: tl.constexpr, EXACT_PROBS: tl.constexpr,
+                       FTZ: tl.constexpr):
     start_m = tl.program_id(0)
     bh = tl.program_id(1)
     b = (bh // H).to(tl.int64)
@@ -131,26 +143,26 @@ def _fp8_attention_fwd(Q, K, V, Mask, Out, qk_scale, v_scale, p_scale,
     if EXACT_PROBS:  # sweep 1: row max and sum; sweep 2: P exactly as the graph rounds it
         acc, m_i, l_i = _sweep(acc, m_i, l_i, 0, full, q, k_ptrs, v_ptrs, mask_ptr, mask_rows, offs_m, offs_n,
                                n_keys, stride_kn, stride_vn, stride_mn, qk_scale, log2_inv_p,
-                               BLOCK_N, MASK_KIND, CAUSAL, False, 1)
+                               BLOCK_N, MASK_KIND, CAUSAL, False, 1, FTZ)
         acc, m_i, l_i = _sweep(acc, m_i, l_i, full, hi, q, k_ptrs, v_ptrs, mask_ptr, mask_rows, offs_m, offs_n,
                                n_keys, stride_kn, stride_vn, stride_mn, qk_scale, log2_inv_p,
-                               BLOCK_N, MASK_KIND, CAUSAL, True, 1)
+                               BLOCK_N, MASK_KIND, CAUSAL, True, 1, FTZ)
         m_i = tl.where(m_i == float("-inf"), 0.0, m_i)
         l_i = 1.0 / (p_scale * l_i)  # a fully masked row: inf, and 0 * inf = NaN, as softmax gives
         acc, m_i, l_i = _sweep(acc, m_i, l_i, 0, full, q, k_ptrs, v_ptrs, mask_ptr, mask_rows, offs_m, offs_n,
                                n_keys, stride_kn, stride_vn, stride_mn, qk_scale, log2_inv_p,
-                               BLOCK_N, MASK_KIND, CAUSAL, False, 2)
+                               BLOCK_N, MASK_KIND, CAUSAL, False, 2, FTZ)
         acc, m_i, l_i = _sweep(acc, m_i, l_i, full, hi, q, k_ptrs, v_ptrs, mask_ptr, mask_rows, offs_m, offs_n,
                                n_keys, stride_kn, stride_vn, stride_mn, qk_scale, log2_inv_p,
-                               BLOCK_N, MASK_KIND, CAUSAL, True, 2)
+                               BLOCK_N, MASK_KIND, CAUSAL, True, 2, FTZ)
         o = acc * (p_scale * v_scale)
     else:
         acc, m_i, l_i = _sweep(acc, m_i, l_i, 0, full, q, k_ptrs, v_ptrs, mask_ptr, mask_rows, offs_m, offs_n,
                                n_keys, stride_kn, stride_vn, stride_mn, qk_scale, log2_inv_p,
-                               BLOCK_N, MASK_KIND, CAUSAL, False, 0)
+                               BLOCK_N, MASK_KIND, CAUSAL, False, 0, FTZ)
         acc, m_i, l_i = _sweep(acc, m_i, l_i, full, hi, q, k_ptrs, v_ptrs, mask_ptr, mask_rows, offs_m, offs_n,
                                n_keys, stride_kn, stride_vn, stride_mn, qk_scale, log2_inv_p,
-                               BLOCK_N, MASK_KIND, CAUSAL, True, 0)
+                               BLOCK_N, MASK_KIND, CAUSAL, True, 0, FTZ)
         o = acc * (v_scale / l_i)[:, None]  # l_i sums P / p_scale; a fully masked row: 0/0 = NaN, as softmax
     o_ptrs = Out + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_om + offs_d[None, :] * stride_od
     tl.store(o_ptrs, o.to(Out.dtype.element_ty), mask=rows_ok)
@@ -158,15 +170,17 @@ def _fp8_attention_fwd(Q, K, V, Mask, Out, qk_scale, v_scale, p_scale,
 
 # (BLOCK_M, BLOCK_N, num_warps, num_stages) per head dim, from benchmarks/attention_fp8.py's sweep on an H200.
 CONFIGS = {64: (128, 64, 4, 3), 128: (64, 128, 4, 3)}
+FTZ_EXP = True
 
 
 def launch(q8, k8, v8, mask, out, *, qk_scale: float, v_scale: float, p_scale: float, is_causal: bool,
-           exact_probs: bool, config=None):
+           exact_probs: bool, config=None, ftz_exp: bool = None):
     """q8, k8, v8: E4M3 codes (B, H, T, D), any strides. mask: None or an additive mask already expanded
     to (B, H, Tq, Tk) (stride 0 on broadcast axes). out: (B, H, Tq, D) fp16/bf16, written in place."""
     b, h, tq, d = q8.shape
     tk = k8.shape[-2]
     block_m, block_n, warps, stages = config or CONFIGS[d]
+    ftz_exp = FTZ_EXP if ftz_exp is None else ftz_exp
     if mask is None:
         mask_kind, mask_arg, mstrides = 0, q8, (0, 0, 0, 0)  # never read
     else:
@@ -177,7 +191,7 @@ def launch(q8, k8, v8, mask, out, *, qk_scale: float, v_scale: float, p_scale: f
         q8, k8, v8, mask_arg, out, qk_scale * LOG2E, v_scale, p_scale,
         *q8.stride(), *k8.stride(), *v8.stride(), *mstrides, *out.stride(), h, tq, tk,
         HEAD_DIM=d, BLOCK_M=block_m, BLOCK_N=block_n, MASK_KIND=mask_kind, CAUSAL=is_causal,
-        EXACT_PROBS=exact_probs, num_warps=warps, num_stages=stages)
+        EXACT_PROBS=exact_probs, FTZ=ftz_exp, num_warps=warps, num_stages=stages)
     return out
 
 
