@@ -108,6 +108,20 @@ def _sweep(acc, m_i, l_i, lo, hi, q, k_ptrs, v_ptrs, mask_ptr, mask_rows, offs_m
 
 
 @triton.jit
+def _sweep_keys(acc, m_i, l_i, hi, q, k_ptrs, v_ptrs, mask_ptr, mask_rows, offs_m, offs_n, n_keys,
+                stride_kn, stride_vn, stride_mn, qk_scale, log2_inv_p,
+                BLOCK_N: tl.constexpr, MASK_KIND: tl.constexpr, CAUSAL: tl.constexpr, PHASE: tl.constexpr,
+                FTZ: tl.constexpr):
+    """Keys [0, hi): whole tiles without key-bound checks, then the ragged last tile with them."""
+    full = (hi // BLOCK_N) * BLOCK_N
+    acc, m_i, l_i = _sweep(acc, m_i, l_i, 0, full, q, k_ptrs, v_ptrs, mask_ptr, mask_rows, offs_m, offs_n, n_keys,
+                           stride_kn, stride_vn, stride_mn, qk_scale, log2_inv_p,
+                           BLOCK_N, MASK_KIND, CAUSAL, False, PHASE, FTZ)
+    return _sweep(acc, m_i, l_i, full, hi, q, k_ptrs, v_ptrs, mask_ptr, mask_rows, offs_m, offs_n, n_keys,
+                  stride_kn, stride_vn, stride_mn, qk_scale, log2_inv_p, BLOCK_N, MASK_KIND, CAUSAL, True, PHASE, FTZ)
+
+
+@triton.jit
 def _fp8_attention_fwd(Q, K, V, Mask, Out, qk_scale, v_scale, p_scale,
                        stride_qb, stride_qh, stride_qm, stride_qd, stride_kb, stride_kh, stride_kn, stride_kd,
                        stride_vb, stride_vh, stride_vn, stride_vd, stride_mb, stride_mh, stride_mm, stride_mn,
@@ -138,38 +152,29 @@ def _fp8_attention_fwd(Q, K, V, Mask, Out, qk_scale, v_scale, p_scale,
     hi = n_keys
     if CAUSAL:
         hi = tl.minimum(n_keys, (start_m + 1) * BLOCK_M)
-    full = (hi // BLOCK_N) * BLOCK_N  # tiles before `full` need no key-bound checks
-
     if EXACT_PROBS:  # sweep 1: row max and sum; sweep 2: P exactly as the graph rounds it
-        acc, m_i, l_i = _sweep(acc, m_i, l_i, 0, full, q, k_ptrs, v_ptrs, mask_ptr, mask_rows, offs_m, offs_n,
-                               n_keys, stride_kn, stride_vn, stride_mn, qk_scale, log2_inv_p,
-                               BLOCK_N, MASK_KIND, CAUSAL, False, 1, FTZ)
-        acc, m_i, l_i = _sweep(acc, m_i, l_i, full, hi, q, k_ptrs, v_ptrs, mask_ptr, mask_rows, offs_m, offs_n,
-                               n_keys, stride_kn, stride_vn, stride_mn, qk_scale, log2_inv_p,
-                               BLOCK_N, MASK_KIND, CAUSAL, True, 1, FTZ)
+        acc, m_i, l_i = _sweep_keys(acc, m_i, l_i, hi, q, k_ptrs, v_ptrs, mask_ptr, mask_rows, offs_m, offs_n,
+                                    n_keys, stride_kn, stride_vn, stride_mn, qk_scale, log2_inv_p,
+                                    BLOCK_N, MASK_KIND, CAUSAL, 1, FTZ)
         m_i = tl.where(m_i == float("-inf"), 0.0, m_i)
         l_i = 1.0 / (p_scale * l_i)  # a fully masked row: inf, and 0 * inf = NaN, as softmax gives
-        acc, m_i, l_i = _sweep(acc, m_i, l_i, 0, full, q, k_ptrs, v_ptrs, mask_ptr, mask_rows, offs_m, offs_n,
-                               n_keys, stride_kn, stride_vn, stride_mn, qk_scale, log2_inv_p,
-                               BLOCK_N, MASK_KIND, CAUSAL, False, 2, FTZ)
-        acc, m_i, l_i = _sweep(acc, m_i, l_i, full, hi, q, k_ptrs, v_ptrs, mask_ptr, mask_rows, offs_m, offs_n,
-                               n_keys, stride_kn, stride_vn, stride_mn, qk_scale, log2_inv_p,
-                               BLOCK_N, MASK_KIND, CAUSAL, True, 2, FTZ)
+        acc, m_i, l_i = _sweep_keys(acc, m_i, l_i, hi, q, k_ptrs, v_ptrs, mask_ptr, mask_rows, offs_m, offs_n,
+                                    n_keys, stride_kn, stride_vn, stride_mn, qk_scale, log2_inv_p,
+                                    BLOCK_N, MASK_KIND, CAUSAL, 2, FTZ)
         o = acc * (p_scale * v_scale)
     else:
-        acc, m_i, l_i = _sweep(acc, m_i, l_i, 0, full, q, k_ptrs, v_ptrs, mask_ptr, mask_rows, offs_m, offs_n,
-                               n_keys, stride_kn, stride_vn, stride_mn, qk_scale, log2_inv_p,
-                               BLOCK_N, MASK_KIND, CAUSAL, False, 0, FTZ)
-        acc, m_i, l_i = _sweep(acc, m_i, l_i, full, hi, q, k_ptrs, v_ptrs, mask_ptr, mask_rows, offs_m, offs_n,
-                               n_keys, stride_kn, stride_vn, stride_mn, qk_scale, log2_inv_p,
-                               BLOCK_N, MASK_KIND, CAUSAL, True, 0, FTZ)
+        acc, m_i, l_i = _sweep_keys(acc, m_i, l_i, hi, q, k_ptrs, v_ptrs, mask_ptr, mask_rows, offs_m, offs_n,
+                                    n_keys, stride_kn, stride_vn, stride_mn, qk_scale, log2_inv_p,
+                                    BLOCK_N, MASK_KIND, CAUSAL, 0, FTZ)
         o = acc * (v_scale / l_i)[:, None]  # l_i sums P / p_scale; a fully masked row: 0/0 = NaN, as softmax
     o_ptrs = Out + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_om + offs_d[None, :] * stride_od
     tl.store(o_ptrs, o.to(Out.dtype.element_ty), mask=rows_ok)
 
 
-# (BLOCK_M, BLOCK_N, num_warps, num_stages) per head dim, from benchmarks/attention_fp8.py's sweep on an H200.
-CONFIGS = {64: (128, 64, 4, 3), 128: (64, 128, 4, 3)}
+# (BLOCK_M, BLOCK_N, num_warps, num_stages) per (head dim, queries >= 1024), from benchmarks/attention_fp8.py's
+# sweep on an H200 (results/gpu_fp8_attention.md); at head dim 128 the 64-row tile won at every length tried.
+CONFIGS = {(64, False): (128, 64, 4, 3), (64, True): (256, 64, 8, 3),
+           (128, False): (64, 128, 4, 3), (128, True): (64, 128, 4, 3)}
 FTZ_EXP = True
 
 
@@ -179,7 +184,7 @@ def launch(q8, k8, v8, mask, out, *, qk_scale: float, v_scale: float, p_scale: f
     to (B, H, Tq, Tk) (stride 0 on broadcast axes). out: (B, H, Tq, D) fp16/bf16, written in place."""
     b, h, tq, d = q8.shape
     tk = k8.shape[-2]
-    block_m, block_n, warps, stages = config or CONFIGS[d]
+    block_m, block_n, warps, stages = config or CONFIGS[d, tq >= 1024]
     ftz_exp = FTZ_EXP if ftz_exp is None else ftz_exp
     if mask is None:
         mask_kind, mask_arg, mstrides = 0, q8, (0, 0, 0, 0)  # never read
