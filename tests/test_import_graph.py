@@ -79,8 +79,23 @@ def test_no_import_cycle():
     assert cycles(graph) == []
 
 
+IMPORT_ALL = """
+import importlib, sys
+for name in sys.argv[1:]:
+    try:
+        importlib.import_module(name)
+    except ModuleNotFoundError as e:  # an optional package this machine lacks (triton without a GPU) is fine
+        if (e.name or "").split(".")[0] in ("fxq", "onnx_post"):
+            raise
+        print("optional", name, e.name)
+print("ok")
+"""
+
+
 def test_every_module_imports_in_a_fresh_interpreter():
     names = [n for n in modules() if not n.endswith("__main__")]
-    code = "import importlib, sys\nfor n in sys.argv[1:]:\n    importlib.import_module(n)\nprint('ok')"
-    r = subprocess.run([sys.executable, "-c", code, *names], cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
+    r = subprocess.run([sys.executable, "-c", IMPORT_ALL, *names], cwd=ROOT, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0 and r.stdout.splitlines()[-1] == "ok", r.stderr[-2000:]
+    missing = [line.split()[1] for line in r.stdout.splitlines()[:-1]]
+    assert all(n.startswith("fxq.kernels.") for n in missing), missing  # only GPU kernels may need more
