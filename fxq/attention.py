@@ -120,11 +120,13 @@ def record_attention(gm: GraphModule) -> int:
 
 
 def recorded_blocks(gm: GraphModule) -> list[AttentionBlock]:
-    """The attention blocks capture recorded in `gm`, in graph order (a read of node meta, no matching)."""
+    """The attention blocks capture recorded in `gm`, in softmax order as found (a read of node meta, no matching)."""
     parts: dict[str, dict[str, Node]] = {}
+    order: list[str] = []
     for node in gm.graph.nodes:
         rec = node.meta.get(ATTENTION)
         if rec is not None:
             parts.setdefault(rec.group, {})[rec.part] = node
+            order += [rec.group] if rec.part == "softmax" else []
     return [AttentionBlock(p["bmm1"], p["softmax"], p["bmm2"], p["bmm1"].meta[ATTENTION])
-            for p in parts.values() if len(p) == 3]
+            for p in map(parts.__getitem__, order) if len(p) == 3]

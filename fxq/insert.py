@@ -21,6 +21,7 @@ QDQ = torch.ops.fxq.fp8_qdq.default
 DEQUANT = torch.ops.fxq.fp8_dequant.default
 DEQUANT_AXIS = torch.ops.fxq.fp8_dequant_axis.default
 OBSERVER = "fxq_observer"  # node.meta tag on every calibration observer node; remove_observers() drops them
+FLOAT_WEIGHT = "fxq_float_weight"  # node.meta on an FP8 weight's fp8_dequant: the state name of the float weight
 
 
 def _insert(gm: GraphModule, sites: list[Site], make: Callable[[Site, Node], Node]) -> int:
@@ -177,6 +178,7 @@ def quantize_weights(ep: torch.export.ExportedProgram, placement: Placement, ama
         dq.meta["val"] = fake_call(target, args)
         copy_module_stack(dq, consumers[0])
         dq.meta["fxq_site"] = site.key
+        dq.meta[FLOAT_WEIGHT] = state_name(src)  # what the codes were made from (sensitivity floats it back)
         for c in consumers:
             c.replace_input_with(src, dq)
         if not src.users:

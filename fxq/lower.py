@@ -4,19 +4,19 @@
 returns how often it fired (kept in `LoweredModel.stats`). The passes find attention blocks and GEMMs
 from the records capture wrote into node meta (fxq.records), which the copy keeps:
 
-1. `fuse_attention` (fxq/lower_attention.py): BMM1 -> [scale, mask, casts] -> softmax -> [casts, dropout, probs Q/DQ] -> BMM2
-   becomes one `scaled_dot_product_attention` (flash / cuDNN on a GPU). Q already carries the
-   attention scale (placement moved it there), so SDPA gets scale=1.0 (when Q's Q/DQ is dropped, the
+1. `fuse_attention` (fxq/lower_attention.py): BMM1 -> [scale, mask, casts] -> softmax -> [casts, dropout,
+   probs Q/DQ] -> BMM2 becomes one `scaled_dot_product_attention` (flash / cuDNN on a GPU). Q already carries the
+   attention scale (capture moved it there), so SDPA gets scale=1.0 (when Q's Q/DQ is dropped, the
    default, that multiply is folded into SDPA's scale instead). Provably zero additive masks
    (transformers 5.x ViT builds one) are dropped; real masks are kept. The softmax output is NOT
    quantized here (SDPA keeps probs in FP16); TensorRT's graph quantizes it at 1/448.
 2. `lower_gemms` (fxq/lower_gemms.py): a GEMM whose input and weight both carry an FP8 quantizer becomes
    `torch._scaled_mm(x_fp8, W_fp8[N, K].t(), scale_x, scale_w, bias, out_dtype, use_fast_accum=True)`.
    One quantize node per quantizer: a LayerNorm output read by Q, K and V is quantized once.
-3. `decompose_qdq` (fxq/lower_dtype.py): every other `fxq.fp8_qdq` (attention q/k/v, GEMMs left in float) becomes plain
-   ATen ops, so Inductor fuses it into the op that produces its input (a custom op is opaque to it).
-4. `cast_graph` (fxq/lower_dtype.py): parameters, constants, float inputs and the fp32 literals of the capture (softmax
-   upcasts, full(dtype=float32), finfo(float32).min masks) move to fp16/bf16.
+3. `decompose_qdq` (fxq/lower_dtype.py): every other `fxq.fp8_qdq` (attention q/k/v, GEMMs left in float)
+   becomes plain ATen ops, so Inductor fuses it into the op that produces its input (a custom op is opaque to it).
+4. `cast_graph` (fxq/lower_dtype.py): parameters, constants, float inputs and the fp32 literals of the capture
+   (softmax upcasts, full(dtype=float32), finfo(float32).min masks) move to fp16/bf16.
 
 Scales are fp32 0-d device buffers: no .item(), no host sync, safe to capture in a CUDA graph. What
 the lowered graph calls (quantize_fp8, fake_quant, fp8_linear) is in fxq/lower_kernels.py.

@@ -10,10 +10,10 @@ from fxq import roles as R
 from fxq.attention import recorded_blocks
 from fxq.capture import Inputs, capture, capture_program
 from fxq.hessian import insert_hessian_observers, weight_readers
-from fxq.insert import OBSERVER, insert_observers, remove_observers, weight_layouts
+from fxq.insert import FLOAT_WEIGHT, OBSERVER, insert_observers, remove_observers, weight_layouts
+from fxq.matchers import record_sites
 from fxq.placement import place
 from fxq.pt2e import FxqQuantizer
-from fxq.records import AttentionRecord
 from fxq.transforms import TransformCounts, canonicalize
 from tiny_models import TinyAttention, inputs_for
 
@@ -71,6 +71,7 @@ def test_gemm_and_attention_records_describe_each_site():
         ["bmm1", "softmax", "bmm2"]
     assert block.softmax.target in (aten.softmax.int, aten._softmax.default)
     assert [r.group for _, r in records.recorded(gm, records.LAYER_NORM)] == ["norm:layer_norm", "norm2:layer_norm"]
+    assert record_sites(gm) == gm.meta[records.RECORDED] == 6 + 1 + 2  # GEMMs, blocks, LayerNorms
 
 
 def test_kn_gemm_forms_are_recorded_with_their_layout():
@@ -95,6 +96,7 @@ def test_records_survive_unlifting_deepcopy_and_rewiring():
             x, w = r.input(node), r.weight_of(node)
             assert x.target is torch.ops.fxq.fp8_qdq.default and w.target is torch.ops.fxq.fp8_dequant.default
             sites[r.group] = (x.meta["fxq_site"], w.meta["fxq_site"])
+            assert w.meta[FLOAT_WEIGHT] == r.weight == r.module + ".weight"  # the float weight the codes replace
         assert sites["q:gemm"] == ("norm:layer_norm.output", "q:linear.weight")
         assert sites["k:gemm"][0] == sites["v:gemm"][0] == "norm:layer_norm.output"
         assert sites["fc2:gemm"] == ("fc2:linear.input", "fc2:linear.weight")
