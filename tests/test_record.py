@@ -102,3 +102,26 @@ def test_bad_arguments_and_no_calls():
         pass
     with pytest.raises(ValueError, match="saw no call"):
         rec.example
+
+
+def test_compare_steps_reports_each_recorded_call(tmp_path):
+    model = StepModel().eval()
+    with torch.no_grad(), fxq.record_inputs(model, max_batches=5) as rec:
+        run_pipeline(model, steps=12)
+    qm = fxq.quantize(model, rec.example, rec.batches[:2], progress=False)  # calibrated on the first steps only
+    steps = fxq.compare_steps(qm, model, rec)
+    assert [r.call for r in steps.rows] == rec.indices
+    b = rec.batches[3]
+    with torch.no_grad():
+        want = torch.nn.functional.cosine_similarity(b.call(model)[0].flatten().double(),
+                                                     b.call(qm)[0].flatten().double(), dim=0)
+    assert steps.rows[3].cosine == pytest.approx(float(want), abs=1e-9)
+    assert all(0.9 < r.cosine < 1.0 and r.sqnr_db > 10 for r in steps.rows)
+    same = fxq.compare_steps(model, model, rec.batches)  # a plain list numbers calls 0, 1, ...
+    assert [r.call for r in same.rows] == list(range(5)) and all(r.cosine == pytest.approx(1.0, abs=1e-12) for r in same.rows)
+    assert "worst call" in steps.table()
+    steps.plot(tmp_path / "steps.png")
+    assert (tmp_path / "steps.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["steps.png"]  # no staging leftovers
+    with pytest.raises(ValueError, match="no recorded calls"):
+        fxq.compare_steps(qm, model, [])
