@@ -1,6 +1,8 @@
 """Numerics checks: compare tensors, and run an exported ONNX file in onnxruntime."""
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import torch
 
@@ -62,9 +64,29 @@ def onnx_session(path, optimize: bool = True):
     return ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"], disabled_optimizers=WRONG_ON_FP8)
 
 
+UPCAST_NOTE = "verified on an FP32 upcast copy (onnxruntime's CPU provider has no BF16 DequantizeLinear)"
+
+
+def _runnable(path):
+    """What onnxruntime can run for `path`: the file itself, or the bytes of an FP32 upcast copy
+    when it holds BF16 (fxq/upcast.py). The upcast is logged with UPCAST_NOTE."""
+    import onnx
+
+    from .upcast import has_bf16, upcast_bf16
+
+    if isinstance(path, bytes) or not has_bf16(onnx.load(str(path), load_external_data=False)):
+        return path
+    model = onnx.load(str(path))  # with its weights: the copy must carry them
+    upcast_bf16(model)
+    logging.getLogger("fxq").info("fxq: %s %s", path, UPCAST_NOTE)
+    return model.SerializeToString()
+
+
 def run_onnx(path, example, dtype: torch.dtype = torch.float16, optimize: bool = True) -> list[np.ndarray]:
-    """Run the ONNX file on inputs given like fxq.quantize's example_inputs (float inputs cast to dtype)."""
-    sess = onnx_session(path, optimize)
+    """Run the ONNX file on inputs given like fxq.quantize's example_inputs (float inputs cast to dtype).
+
+    A BF16 file runs as an FP32 upcast copy (see _runnable), fed FP32 inputs."""
+    sess = onnx_session(_runnable(path), optimize)
     inputs = Inputs.of(example)
     tensors = list(inputs.args) + [inputs.kwargs[k] for k in inputs.kwargs]
     names = [i.name for i in sess.get_inputs()]
