@@ -142,7 +142,8 @@ def scale_range(ep: torch.export.ExportedProgram, dtype: torch.dtype) -> list[st
         if max(scales, default=0.0) > info.max:
             raise InputError(f"the FP8 scale of '{site}' is {max(scales):.3g}, beyond {dtype}'s largest value "
                              f"{info.max:.5g} (its amax is {max(scales) * FP8_MAX:.3g}); the graph cannot hold it; fix: "
-                             "calibrate again on data without such outliers, or export in torch.float32/bfloat16")
+                             "calibrate again on data without such outliers"
+                             + (", or export in torch.float32/bfloat16" if dtype == torch.float16 else ""))
         if 0 < min(scales, default=1.0) < info.tiny:
             small.append(site)
     return small
