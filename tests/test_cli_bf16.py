@@ -4,34 +4,19 @@ import re
 
 import onnx
 import pytest
-import transformers
 from onnx import TensorProto
 
 from fxq.cli import main
-from hf_models import save_vit_folder
-
-
-def _bert_folder(d):
-    from fxq.zoo import load_minilm
-
-    _, tokenizer = load_minilm()
-    cfg = transformers.BertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
-                                  vocab_size=tokenizer.vocab_size)
-    transformers.BertModel(cfg).save_pretrained(d / "model")
-    tokenizer.save_pretrained(d / "model")
-    (d / "sentences.txt").write_text("a short sentence\nanother, slightly longer sentence here\nthird one\n")
-    return ["--calib-text", str(d / "sentences.txt"), "--seq-len", "16"]
+from test_cli import bert_folder, vit_folder  # noqa: F401  (the same folders test_cli builds)
 
 
 @pytest.mark.parametrize("kind", ["vision", "text"])
-def test_cli_bf16_end_to_end(tmp_path, capsys, kind):
-    if kind == "vision":
-        save_vit_folder(tmp_path, n_images=4)
-        calib = ["--calib-images", str(tmp_path / "images")]
-    else:
-        calib = _bert_folder(tmp_path)
+def test_cli_bf16_end_to_end(tmp_path, capsys, request, kind):
+    folder = request.getfixturevalue("vit_folder" if kind == "vision" else "bert_folder")
+    calib = ["--calib-images", str(folder / "images")] if kind == "vision" else \
+        ["--calib-text", str(folder / "sentences.txt"), "--seq-len", "16"]
     out = tmp_path / "m.onnx"
-    rc = main(["quantize", str(tmp_path / "model"), *calib, "--out", str(out), "--dtype", "bf16", "--quiet"])
+    rc = main(["quantize", str(folder / "model"), *calib, "--out", str(out), "--dtype", "bf16", "--quiet"])
     text = capsys.readouterr().out
     assert rc == 0, text
     assert "bf16, opset 23" in text

@@ -7,7 +7,6 @@ import sys
 import textwrap
 from pathlib import Path
 
-import onnx
 import onnxruntime as ort
 import pytest
 import torch
