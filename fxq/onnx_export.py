@@ -188,7 +188,7 @@ def export_onnx(qm, path, dtype: torch.dtype = torch.float16, opset: int | None 
     tiny = scale_range(qm.program, dtype)
     if tiny:
         warnings.warn(f"fxq: {len(tiny)} FP8 scales are below {dtype}'s smallest normal and are stored as it "
-                      f"(coarser steps for those small tensors), e.g. {tiny[:3]}", stacklevel=2)
+                      f"(coarser steps for those small tensors), e.g. {tiny[:3]}", stacklevel=3)
     seconds = {}
     t = time.perf_counter()
     ep = program_in_dtype(qm.program, dtype)

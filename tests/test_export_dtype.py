@@ -163,3 +163,21 @@ def test_dynamic_seq_from_a_one_token_example(tmp_path):
     assert [d.dim_param for d in g.input[0].type.tensor_type.shape.dim] == ["batch", "sequence"]
     x = bert_inputs(2, 12)
     assert compare(first_output(qm(**x)), run_onnx(result.path, x)[0])["cosine"] > 0.99
+
+
+def test_scale_below_the_smallest_normal_warns_with_the_tensor_named(tmp_path):
+    model = torch.nn.Sequential(torch.nn.Linear(32, 32))
+    with torch.no_grad():
+        model[0].weight.mul_(1e-4)  # amax ~2e-5: scale ~4e-8, below FP16's smallest normal 6.1e-5
+    qm = _quantize(model, torch.randn(4, 32))
+    with pytest.warns(UserWarning, match=r"fxq: 1 FP8 scales are below torch.float16's smallest normal.*'0:linear.weight'"):
+        qm.export_onnx(tmp_path / "m.onnx")
+
+
+def test_bf16_file_with_external_data_verifies(tmp_path, monkeypatch):
+    monkeypatch.setattr("fxq.onnx_export.EXTERNAL_DATA_BYTES", 10_000)  # pretend the small model is over 2 GiB
+    qm = fxq.quantize(small_bert(), bert_inputs(), [bert_inputs(4)], progress=False)
+    result = qm.export_onnx(tmp_path / "m.onnx", dtype=torch.bfloat16)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "m.onnx.data"]
+    x = bert_inputs(2)
+    assert compare(first_output(qm(**x)), run_onnx(result.path, x, torch.bfloat16)[0])["cosine"] > 0.99
