@@ -176,10 +176,21 @@ def _no_kv_cache(model: torch.nn.Module, inputs: Inputs):
         cfg.use_cache = True
 
 
+def _by_parameter_name(model: torch.nn.Module, inputs: Inputs, spec: tuple) -> dict:
+    """(args spec, kwargs spec) as torch.export wants it for a call with both: keyed by forward's parameter
+    names (a pipeline calls a denoiser with hidden states positional and the timestep by keyword)."""
+    import inspect
+
+    names = list(inspect.signature(model.forward).bind_partial(*inputs.args).arguments)
+    return {**dict(zip(names, spec[0])), **spec[1]}
+
+
 def export_model(model: torch.nn.Module, inputs: Inputs, dynamic_batch: bool = False, dynamic_seq: bool = False,
                  dynamic_shapes=None) -> torch.export.ExportedProgram:
     if dynamic_shapes is None:
         inputs, dynamic_shapes = export_args(inputs, dynamic_batch, dynamic_seq)
+        if inputs.args and inputs.kwargs and dynamic_shapes is not None:
+            dynamic_shapes = _by_parameter_name(model, inputs, dynamic_shapes)
     try:
         with _no_kv_cache(model, inputs):
             ep = torch.export.export(model, inputs.args, inputs.kwargs, dynamic_shapes=dynamic_shapes, strict=False)
