@@ -144,9 +144,10 @@ def read_images(folder: Path, max_side: int = MAX_IMAGE_SIDE) -> list:
     images = []
     for p in files:
         try:
-            with warnings.catch_warnings(), Image.open(p) as im:  # open() reads the header only
+            with warnings.catch_warnings():
                 warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # _bounded refuses those
-                images.append(_rgb8(_bounded(im, p, max_side)))
+                with Image.open(p) as im:  # reads the header only
+                    images.append(_rgb8(_bounded(im, p, max_side)))
         except Image.DecompressionBombError:  # PIL refuses > 2x its bound at open(), before _bounded sees it
             raise _bomb(p) from None
         except (OSError, ValueError) as e:  # PIL.UnidentifiedImageError is an OSError

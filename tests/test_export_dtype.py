@@ -181,3 +181,18 @@ def test_bf16_file_with_external_data_verifies(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "m.onnx.data"]
     x = bert_inputs(2)
     assert compare(first_output(qm(**x)), run_onnx(result.path, x, torch.bfloat16)[0])["cosine"] > 0.99
+
+
+def test_a_graph_left_partly_in_float32_is_refused_not_written(tmp_path):
+    class ScalarWhere(torch.nn.Module):  # where(cond, 0.0, min) builds a default-dtype (FP32) tensor
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(32, 32)
+
+        def forward(self, x, keep):
+            return torch.softmax(self.fc(x) + torch.where(keep, 0.0, torch.finfo(torch.float32).min), -1)
+
+    qm = _quantize(ScalarWhere(), torch.randn(4, 32), torch.rand(4, 32) > 0.3)
+    with pytest.raises(InputError, match=r"should be torch.float16 but holds \d+ tensors of another float dtype.*FLOAT'"):
+        qm.export_onnx(tmp_path / "m.onnx")
+    assert list(tmp_path.iterdir()) == []
