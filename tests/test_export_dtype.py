@@ -1,5 +1,6 @@
 """The exported graph is in the dtype that was asked, or fxq says why not; BF16 works end to end."""
 import logging
+import re
 
 import onnx
 import pytest
@@ -136,6 +137,9 @@ def test_outputs_and_dynamic_axes_have_the_models_names(tmp_path):
                                                   "attention_mask": ["batch", "sequence"]}
     assert dims(g.output[0]) == ["batch", "sequence", 64] and dims(g.output[1]) == ["batch", 64]
     assert result.post_counts["rename_outputs"] == 2
+    named = [d for v in [*g.input, *g.output, *g.value_info] for d in v.type.tensor_type.shape.dim
+             if re.search(r"\b(batch|sequence)\b", d.dim_param)]
+    assert result.post_counts["rename_dims"] == len(named) >= 7  # 4 input dims, 3 output dims at least
     x = bert_inputs(3, 9)  # another batch and length run through the same file
     assert compare(first_output(qm(**x)), run_onnx(result.path, x)[0])["cosine"] > 0.99
 
