@@ -21,6 +21,8 @@ from .ops import FP8_DTYPE, FP8_MAX
 MASK_SENTINEL = -1e30
 # Ops that build or apply a mask from a scalar: the only places a sentinel is clamped.
 _MASK_OPS = {"where", "masked_fill", "full", "full_like", "new_full", "fill", "scalar_tensor", "add"}
+# Ops whose integer arguments are values, not sizes: `x * 100000` overflows FP16 as `x * 1e5` does.
+_VALUE_OPS = {"mul", "add", "sub", "rsub", "div", "where", "masked_fill", "clamp", "clamp_min", "clamp_max", "pow"}
 
 
 def _converts(dt: torch.dtype, dtype: torch.dtype) -> bool:
@@ -52,20 +54,21 @@ def convert_literals(graph: torch.fx.Graph, dtype: torch.dtype) -> int:
 
     for node in [n for n in graph.nodes if n.op == "call_function"]:
         is_mask_op = _op_name(node) in _MASK_OPS
+        values = (float, int) if _op_name(node) in _VALUE_OPS else (float,)
 
         def fix(a):
             nonlocal changed
             if isinstance(a, torch.dtype) and _converts(a, dtype):
                 changed += 1
                 return dtype
-            if isinstance(a, float) and math.isfinite(a) and abs(a) > limit:
+            if isinstance(a, values) and not isinstance(a, bool) and math.isfinite(a) and abs(a) > limit:
                 if not (is_mask_op and a <= MASK_SENTINEL):
                     raise InputError(
                         f"the constant {a:g} in {_op_name(node)} (graph node '{node.name}') does not fit {dtype} "
                         f"(largest {limit:g}); fxq will not clamp it, which would change the result; "
                         "fix: export in torch.float32 or torch.bfloat16 (dtype=... / --dtype fp32|bf16)")
                 changed += 1
-                return -limit
+                return -limit if isinstance(a, float) else -int(limit)
             return a
 
         node.args = map_aggregate(node.args, fix)

@@ -58,9 +58,10 @@ def test_graph_dtype_is_the_asked_one_not_the_models(tmp_path, model_dtype, aske
     assert result.dtype == asked and _float_types(result.path) == {elem}
 
 
-def test_literal_beyond_fp16_is_refused_not_clamped(tmp_path):
-    qm = _quantize(Scaled(1e6), torch.randn(4, 32))
-    with pytest.raises(InputError, match=r"constant 1e\+06 in mul .*does not fit torch.float16.*float32 or torch.bfloat16"):
+@pytest.mark.parametrize("factor,shown", [(1e6, "1e+06"), (100_000, "100000")])
+def test_literal_beyond_fp16_is_refused_not_clamped(tmp_path, factor, shown):
+    qm = _quantize(Scaled(factor), torch.randn(4, 32))
+    with pytest.raises(InputError, match=rf"constant {re.escape(shown)} in mul .*does not fit torch.float16.*float32 or torch.bfloat16"):
         qm.export_onnx(tmp_path / "m.onnx")
     assert list(tmp_path.iterdir()) == []
     x = torch.randn(3, 32)  # where it fits, the factor is kept exactly
