@@ -2,7 +2,9 @@
 
 The captured graph keeps aten.linear / layer_norm / matmul / softmax (pre-dispatch ops) and has
 every scaled_dot_product_attention rewritten into matmul -> (+mask) -> softmax -> matmul with the
-attention scale applied to Q, so eager and SDPA attention give one and the same graph shape.
+attention scale applied to Q, so eager and SDPA attention give one and the same graph shape. Then
+fxq.transforms.canonicalize gives every attention block that shape and records each site: the
+only graph rewrites before fxq/insert.py.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from typing import Any
 import torch
 
 from .errors import CaptureError
+from .transforms import canonicalize
 
 
 @dataclass
@@ -92,10 +95,15 @@ def export_args(inputs: Inputs, dynamic_batch: bool, dynamic_seq: bool = False) 
         return inputs, None
     batched = _batched(inputs)
     tensors = inputs.tensors()
+    _seq_dim = lambda t: t.dim() >= 2 and not t.is_floating_point()  # noqa: E731  token ids and masks
     if dynamic_batch:
         # torch.export specialises size-1 dims, so a dynamic batch is captured from an example of two.
         ids = {id(t) for i, t in enumerate(tensors) if i in batched and t.shape[0] == 1}
         inputs = inputs.map(lambda t: t.expand(2, *t.shape[1:]).clone() if id(t) in ids else t)
+        tensors = inputs.tensors()
+    if dynamic_seq:  # the same for a one-token sequence: a size-1 dim would stay static in silence
+        ids = {id(t) for i, t in enumerate(tensors) if i in batched and _seq_dim(t) and t.shape[1] == 1}
+        inputs = inputs.map(lambda t: t.expand(t.shape[0], 2, *t.shape[2:]).clone() if id(t) in ids else t)
         tensors = inputs.tensors()
     auto = torch.export.Dim.AUTO
     spec = {}
@@ -103,7 +111,7 @@ def export_args(inputs: Inputs, dynamic_batch: bool, dynamic_seq: bool = False) 
         dims = {}
         if dynamic_batch and i in batched:
             dims[0] = auto
-        if dynamic_seq and i in batched and t.dim() >= 2 and not t.is_floating_point():
+        if dynamic_seq and i in batched and _seq_dim(t):
             dims[1] = auto
         spec[id(t)] = dims or None
     dyn = lambda t: spec.get(id(t)) if isinstance(t, torch.Tensor) else None  # noqa: E731
@@ -227,7 +235,8 @@ def tag_state(ep: torch.export.ExportedProgram) -> int:
 
 def capture_program(model: torch.nn.Module, example_inputs: Any, dynamic_batch: bool = False,
                     dynamic_seq: bool = False, dynamic_shapes=None) -> torch.export.ExportedProgram:
-    """The one torch.export of the pipeline: an ExportedProgram with SDPA as matmuls and state tagged."""
+    """The one torch.export of the pipeline: an ExportedProgram with SDPA as matmuls, state tagged, in the
+    canonical form fxq places on, with every GEMM / attention / LayerNorm site recorded in node meta."""
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"fxq quantizes torch.nn.Module objects, got {type(model).__name__}")
     inputs = Inputs.of(example_inputs)
@@ -243,7 +252,8 @@ def capture_program(model: torch.nn.Module, example_inputs: Any, dynamic_batch: 
     # single-reader softmax -> BMM2 chain; FX keeps impure nodes.
     gm.graph.eliminate_dead_code()
     gm.recompile()
-    tag_state(ep)
+    tag_state(ep)  # before the matchers: a GEMM's weight is found by its state tag
+    canonicalize(gm)  # views above softmax, scales onto Q, every site recorded (counts in gm.meta)
     return ep
 
 

@@ -22,7 +22,7 @@ def add_parser(sub, epilog: str) -> None:
     q.add_argument("--out", required=True, type=Path, help="ONNX file to write")
     q.add_argument("--save-calib", type=Path, metavar="JSON", help="save the calibration results")
     q.add_argument("--dtype", choices=sorted(DTYPES), default="fp16", help="graph dtype (default fp16)")
-    q.add_argument("--opset", type=int, default=21, help="ONNX opset (>= 19; default 21)")
+    q.add_argument("--opset", type=int, default=None, help="ONNX opset (>= 19; default 21, 23 for --dtype bf16)")
     q.add_argument("--static-batch", action="store_true", help="export a fixed batch size instead of a dynamic one")
     q.add_argument("--dynamic-seq", action="store_true",
                    help="text models: dynamic sequence length (TensorRT may not fuse FP8 attention then; see fxq check)")
@@ -34,10 +34,12 @@ def add_parser(sub, epilog: str) -> None:
 
 def check_arguments(args) -> None:
     """Everything that can be checked before loading a model or calibrating."""
-    from . import validate
+    import torch
+
+    from .onnx_export import pick_opset
 
     cli_checks.before_loading(args, {"--out": args.out, "--save-calib": args.save_calib})
-    validate.opset(args.opset)
+    pick_opset(getattr(torch, DTYPES[args.dtype]), args.opset)  # bf16 needs opset >= 22
     x = args.fallback_max_error
     if x is not None and not (math.isfinite(x) and x >= 0):  # fxq.Fallback's own rule, said before the load
         raise CliError(f"--fallback-max-error {x}: Fallback max_error must be a finite number >= 0 (the budget for "
@@ -92,8 +94,10 @@ def verify(args, source, qm, example, eval_batch, path) -> tuple[list[tuple[str,
     inputs = eval_batch if not args.static_batch else {k: v[: example[k].shape[0]] for k, v in eval_batch.items()}
     with torch.no_grad():
         ref, fq = first_output(source.model(**inputs)), first_output(qm(**inputs))
-    ort = torch.from_numpy(run_onnx(path, inputs, getattr(torch, DTYPES[args.dtype]))[0]).float()
-    rows = [("FP8 torch (fake-quant)", compare(ref, fq)), (f"FP8 ONNX {args.dtype} (onnxruntime)", compare(ref, ort))]
+    dtype = getattr(torch, DTYPES[args.dtype])
+    ort = torch.from_numpy(run_onnx(path, inputs, dtype)[0]).float()
+    ort_label = f"FP8 ONNX {args.dtype} (onnxruntime" + (", FP32 upcast copy)" if dtype == torch.bfloat16 else ")")
+    rows = [("FP8 torch (fake-quant)", compare(ref, fq)), (ort_label, compare(ref, ort))]
     if source.kind == "text":
         mask = inputs["attention_mask"]
         e32 = sentence_embedding(ref, mask)
