@@ -61,19 +61,19 @@ class Request:
             raise TypeError(f"config must be a fxq.QuantConfig, got {type(cfg).__name__}")
         if fallback is not None and not isinstance(fallback, Fallback):
             raise TypeError(f"fallback must be a fxq.Fallback(eval_data, max_error), got {type(fallback).__name__}")
-        saved = None if calibration is None else Calibration.load(calibration)
         example = Inputs.of(example_inputs)
         validate.model(model)  # fxq/validate.py: the checks the CLI runs too
         validate.example_inputs(model, example)
         gptq = cfg.weight_rounding == "gptq"
         validate.calibration_sources(calib_data, calibration, gptq=gptq)
-        if saved is None and calib_data is None:
+        if calibration is None and calib_data is None:
             raise CalibrationError("no calibration: pass calib_data (batches like example_inputs) or "
                                    "calibration=<saved file>")
         if gptq and calib_data is None:
             raise CalibrationError("config.weight_rounding='gptq' needs calib_data: GPTQ rounds weights with input "
                                    "Hessians, which calibration files do not hold; fix: pass calib_data (with or "
                                    "without calibration=...), or use weight_rounding='nearest'")
+        saved = None if calibration is None else Calibration.load(calibration)
         if saved is not None and saved.fallback_groups and not cfg.fallback:
             cfg = dataclasses.replace(cfg, fallback=saved.fallback_groups)  # a saved fallback applies again
         shapes = resolve_dynamic_shapes(dynamic_shapes, cfg.dynamic_shapes, example)
