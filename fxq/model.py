@@ -53,10 +53,6 @@ class QuantizedModel(torch.nn.Module):
         return self.calibration.fallback_gains
 
     @property
-    def model_name(self) -> str:
-        return self.calibration.model
-
-    @property
     def program(self) -> torch.export.ExportedProgram:
         """The quantized graph as an ExportedProgram (fxq.fp8_qdq on activations, FP8 weight buffers)."""
         return self._program[0]

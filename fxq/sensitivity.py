@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 from .fake_quant_view import fake_quant_view
 from .groups import Evaluator, GroupEdges, Switch, group_edges
+from .pipeline import Request, StageClock, calibrated
 
 
 @dataclass
@@ -113,8 +114,6 @@ def sensitivity(model, example_inputs, calib_data, eval_data, *, config=None, me
     batches of eval_data; the default is 1 - cosine of the first output. Returns a
     SensitivityResult with .table(), .to_json() and .plot(path).
     """
-    from .pipeline import Request, StageClock, calibrated
-
     t0 = time.perf_counter()
     cal = calibrated(Request.check(model, example_inputs, calib_data, config, calibration, progress=progress),
                      StageClock())
