@@ -8,11 +8,13 @@ from .errors import CalibrationError, CaptureError, ConfigError, FxqError, Input
 from .center_keys import center_attention_keys
 from .fallback import Fallback
 from .quantize import QuantizedModel, quantize
+from .record import record_inputs
+from .step_error import compare_steps
 from .lower import LoweredModel, LowerError, lower
 from .sensitivity import sensitivity
 
 __all__ = ["quantize", "sensitivity", "Fallback", "center_attention_keys", "capture", "QuantizedModel", "QuantConfig",
            "RoleSpecs", "TensorSpec", "Override", "preset", "roles",
            "FxqError", "CaptureError", "CalibrationError", "ConfigError", "InputError",
-           "lower", "LoweredModel", "LowerError"]
+           "lower", "LoweredModel", "LowerError", "record_inputs", "compare_steps"]
 __version__ = "0.1.0"

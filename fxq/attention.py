@@ -1,31 +1,31 @@
-"""Find attention blocks by graph structure and give them the shape TensorRT's FP8 MHA wants.
+"""Find attention blocks by graph structure and record each one (fxq.records.AttentionRecord).
 
 An attention block is BMM1 (Q @ K^T) -> [scale, mask, bias, casts, views] -> softmax ->
 [casts, dropout] -> BMM2 (probs @ V). Nothing here knows model families: every spelling HF uses
 (scale by mul or div, before or after the matmul, additive or boolean masks, position bias)
-reduces to that chain.
+reduces to that chain. Capture gives blocks the shape TensorRT's FP8 MHA wants first (fxq/transforms.py).
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
-import torch
 from torch.fx import GraphModule, Node
 
-from .graph_utils import (aten, constant_scalar, copy_module_stack, depends_on_input, fake_call, hoist_before,
-                          module_path, shape_of, static_dim)
+from .graph_utils import aten, matmul_flops, module_path, static_dim
+from .records import ATTENTION, GEMM, AttentionRecord, GroupIds
 
 SOFTMAX = {aten.softmax.int, aten._softmax.default, aten._safe_softmax.default}
 MATMUL = {aten.matmul.default, aten.bmm.default}
 SCALE_OPS = {aten.mul.Tensor, aten.div.Tensor}
-_CASTS = {aten.to.dtype, aten._to_copy.default, aten.to.dtype_layout, aten.type_as.default}
-_VIEWS = {aten.view.default, aten.reshape.default, aten._unsafe_view.default, aten.clone.default,
-          aten.contiguous.default, aten.alias.default}
+CASTS = {aten.to.dtype, aten._to_copy.default, aten.to.dtype_layout, aten.type_as.default}
+VIEWS = {aten.view.default, aten.reshape.default, aten._unsafe_view.default, aten.clone.default,
+         aten.contiguous.default, aten.alias.default}
 _MASKS = {aten.add.Tensor, aten.sub.Tensor, aten.where.self, aten.where.ScalarOther, aten.where.ScalarSelf,
           aten.masked_fill.Scalar, aten.masked_fill.Tensor}
-BETWEEN_BMM1_AND_SOFTMAX = SCALE_OPS | _CASTS | _VIEWS | _MASKS
-BETWEEN_SOFTMAX_AND_BMM2 = _CASTS | _VIEWS | {aten.dropout.default, aten.masked_fill.Scalar,
-                                                aten.where.self, aten.where.ScalarOther, aten.where.ScalarSelf}
+BETWEEN_BMM1_AND_SOFTMAX = SCALE_OPS | CASTS | VIEWS | _MASKS
+BETWEEN_SOFTMAX_AND_BMM2 = CASTS | VIEWS | {aten.dropout.default, aten.masked_fill.Scalar,
+                                              aten.where.self, aten.where.ScalarOther, aten.where.ScalarSelf}
 
 
 @dataclass
@@ -33,6 +33,7 @@ class AttentionBlock:
     bmm1: Node
     softmax: Node
     bmm2: Node
+    record: AttentionRecord | None = None  # set when read from the graph's records
 
     @property
     def module(self) -> str:
@@ -83,107 +84,49 @@ def find_attention_blocks(gm: GraphModule) -> list[AttentionBlock]:
     return blocks
 
 
-def _movable_scale(c, q: Node):
-    """The constant that scales the scores, if it can scale Q instead; else None.
+_PROJECTION_VIEWS = {aten.view.default, aten.reshape.default, aten._unsafe_view.default, aten.transpose.int,
+                     aten.permute.default, aten.contiguous.default, aten.clone.default, aten.t.default}
 
-    A Python number or constant 0-d tensor always can. So can a constant tensor (computed from
-    parameters only, e.g. Swin v2's per-head exp(logit_scale) of shape [heads, 1, 1]) that is 1 in
-    the last two dims, so it scales whole score rows, and that broadcasts into Q's shape.
+
+def _projection(operand: Node) -> Node | None:
+    """The GEMM whose output alone becomes `operand`, through single-reader views and transposes."""
+    node = operand
+    while isinstance(node, Node) and node.op == "call_function" and node.target in _PROJECTION_VIEWS:
+        if len(node.users) != 1:
+            return None
+        node = node.args[0]
+    if isinstance(node, Node) and GEMM in node.meta and len(node.users) == 1:
+        return node
+    return None
+
+
+def record_attention(gm: GraphModule) -> int:
+    """Write an AttentionRecord on each block's BMM1, softmax and BMM2 (and clear stale ones).
+
+    Runs after fxq.gemms.record_gemms, so a block can name its K projection. Returns how many blocks.
     """
-    if constant_scalar(c) is not None:
-        return c
-    shape, q_shape = shape_of(c), shape_of(q)
-    if shape is None or q_shape is None or depends_on_input(c) or len(shape) > len(q_shape):
-        return None
-    if any(d != 1 for d in shape[-2:]):
-        return None
-    aligned = q_shape[len(q_shape) - len(shape):]
-    return c if all(d == 1 or d == qd for d, qd in zip(shape, aligned)) else None
-
-
-def move_scale_to_q(gm: GraphModule, blocks: list[AttentionBlock]) -> int:
-    """Rewrite (Q @ K^T) * c into (Q * c) @ K^T (and likewise /c). Returns how many moved.
-
-    The attn.q quantizer then sees Q*c, so it is calibrated on exactly the tensor it quantizes.
-    """
-    moved = 0
+    for node in gm.graph.nodes:
+        node.meta.pop(ATTENTION, None)
+    ids = GroupIds()
+    blocks = find_attention_blocks(gm)
     for b in blocks:
-        if len(b.bmm1.users) != 1:
-            continue
-        user = next(iter(b.bmm1.users))
-        if user.target not in SCALE_OPS:
-            continue
-        if user.args[0] is b.bmm1:
-            c = user.args[1]
-        elif user.target is aten.mul.Tensor and user.args[1] is b.bmm1:  # c * scores
-            c = user.args[0]
-        else:
-            continue
-        q = b.bmm1.args[0]
-        if _movable_scale(c, q) is None:
-            continue
-        if isinstance(c, Node):
-            hoist_before(c, b.bmm1)  # a constant computed after BMM1 (Swin v2 does) must exist before it
-        with gm.graph.inserting_before(b.bmm1):
-            scaled = gm.graph.call_function(user.target, (q, c))
-        scaled.meta["val"] = fake_call(user.target, (q, c)) if isinstance(c, Node) else q.meta.get("val")
-        copy_module_stack(scaled, b.bmm1)
-        b.bmm1.args = (scaled, *b.bmm1.args[1:])
-        user.replace_all_uses_with(b.bmm1)
-        gm.graph.erase_node(user)
-        if isinstance(c, Node) and not c.users:
-            gm.graph.erase_node(c)
-        moved += 1
-    gm.recompile()
-    return moved
+        k_proj = _projection(b.bmm1.args[AttentionRecord.K_ARG])
+        rec = AttentionRecord(ids.next(b.module, "attention"), b.module, "", b.bmm1.name, b.softmax.name, b.bmm2.name,
+                              b.head_size, matmul_flops(b.bmm1) + matmul_flops(b.bmm2),
+                              k_proj.meta[GEMM].group if k_proj is not None else None)
+        for part in ("bmm1", "softmax", "bmm2"):
+            getattr(b, part).meta[ATTENTION] = dataclasses.replace(rec, part=part)
+    return len(blocks)
 
 
-_UNARY = _CASTS | {aten.dropout.default, aten.clone.default, aten.contiguous.default, aten.alias.default}
-
-
-def move_views_before_softmax(gm: GraphModule, blocks: list[AttentionBlock]) -> int:
-    """softmax(x) -> view -> BMM2  ==>  softmax(view(x)) -> BMM2, when the view keeps the last dim.
-
-    TensorRT wants Softmax -> Q/DQ -> BMM2 with nothing between (DeBERTa reshapes 4-D probs to 3-D
-    there). A view that keeps the softmax axis (the last) commutes with softmax; per-tensor Q/DQ
-    does not care. Unary ops on the way (casts, dropout) stay after the softmax.
-    """
-    moved = 0
-    for b in blocks:
-        sm = b.softmax
-        rank = len(shape_of(sm) or ())
-        if sm.args[1] not in (-1, rank - 1):
-            continue
-        chain, node = [], sm
-        while node is not b.bmm2:
-            if len(node.users) != 1:
-                break
-            node = next(iter(node.users))
-            if node is not b.bmm2:
-                chain.append(node)
-        views = [n for n in chain if n.target in _VIEWS - _UNARY]
-        if node is not b.bmm2 or not views or any(n.target not in _VIEWS | _UNARY for n in chain):
-            continue
-        if any(static_dim(v, -1) != static_dim(sm, -1) or static_dim(v, -1) is None for v in views):
-            continue
-        x = sm.args[0]
-        with gm.graph.inserting_before(sm):
-            for v in views:
-                x = gm.graph.call_function(v.target, (x, *v.args[1:]), dict(v.kwargs))
-                x.meta["val"] = fake_call(v.target, (x.args[0], *v.args[1:]), dict(v.kwargs))
-                copy_module_stack(x, v)
-            new_sm = gm.graph.call_function(sm.target, (x, *sm.args[1:]), dict(sm.kwargs))
-            new_sm.meta["val"] = fake_call(sm.target, (x, *sm.args[1:]), dict(sm.kwargs))
-            copy_module_stack(new_sm, sm)
-        prev = new_sm
-        for n in [n for n in chain if n not in views]:  # the unary ops, re-chained in order
-            with gm.graph.inserting_before(b.bmm2):
-                prev = gm.graph.call_function(n.target, (prev, *n.args[1:]), dict(n.kwargs))
-            prev.meta["val"] = fake_call(n.target, (prev.args[0], *n.args[1:]), dict(n.kwargs))
-            copy_module_stack(prev, n)
-        b.bmm2.replace_input_with(chain[-1], prev)
-        for n in [*reversed(chain), sm]:
-            gm.graph.erase_node(n)
-        moved += 1
-    gm.recompile()
-    return moved
+def recorded_blocks(gm: GraphModule) -> list[AttentionBlock]:
+    """The attention blocks capture recorded in `gm`, in softmax order as found (a read of node meta, no matching)."""
+    parts: dict[str, dict[str, Node]] = {}
+    order: list[str] = []
+    for node in gm.graph.nodes:
+        rec = node.meta.get(ATTENTION)
+        if rec is not None:
+            parts.setdefault(rec.group, {})[rec.part] = node
+            order += [rec.group] if rec.part == "softmax" else []
+    return [AttentionBlock(p["bmm1"], p["softmax"], p["bmm2"], p["bmm1"].meta[ATTENTION])
+            for p in map(parts.__getitem__, order) if len(p) == 3]

@@ -2,7 +2,9 @@
 
 The captured graph keeps aten.linear / layer_norm / matmul / softmax (pre-dispatch ops) and has
 every scaled_dot_product_attention rewritten into matmul -> (+mask) -> softmax -> matmul with the
-attention scale applied to Q, so eager and SDPA attention give one and the same graph shape.
+attention scale applied to Q, so eager and SDPA attention give one and the same graph shape. Then
+fxq.transforms.canonicalize gives every attention block that shape and records each site: the
+only graph rewrites before fxq/insert.py.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from typing import Any
 import torch
 
 from .errors import CaptureError
+from .transforms import canonicalize
 
 
 @dataclass
@@ -171,10 +174,21 @@ def _no_kv_cache(model: torch.nn.Module, inputs: Inputs):
         cfg.use_cache = True
 
 
+def _by_parameter_name(model: torch.nn.Module, inputs: Inputs, spec: tuple) -> dict:
+    """(args spec, kwargs spec) as torch.export wants it for a call with both: keyed by forward's parameter
+    names (a pipeline calls a denoiser with hidden states positional and the timestep by keyword)."""
+    import inspect
+
+    names = list(inspect.signature(model.forward).bind_partial(*inputs.args).arguments)
+    return {**dict(zip(names, spec[0])), **spec[1]}
+
+
 def export_model(model: torch.nn.Module, inputs: Inputs, dynamic_batch: bool = False, dynamic_seq: bool = False,
                  dynamic_shapes=None) -> torch.export.ExportedProgram:
     if dynamic_shapes is None:
         inputs, dynamic_shapes = export_args(inputs, dynamic_batch, dynamic_seq)
+        if inputs.args and inputs.kwargs and dynamic_shapes is not None:
+            dynamic_shapes = _by_parameter_name(model, inputs, dynamic_shapes)
     try:
         with _no_kv_cache(model, inputs):
             ep = torch.export.export(model, inputs.args, inputs.kwargs, dynamic_shapes=dynamic_shapes, strict=False)
@@ -216,7 +230,8 @@ def tag_state(ep: torch.export.ExportedProgram) -> int:
 
 def capture_program(model: torch.nn.Module, example_inputs: Any, dynamic_batch: bool = False,
                     dynamic_seq: bool = False, dynamic_shapes=None) -> torch.export.ExportedProgram:
-    """The one torch.export of the pipeline: an ExportedProgram with SDPA as matmuls and state tagged."""
+    """The one torch.export of the pipeline: an ExportedProgram with SDPA as matmuls, state tagged, in the
+    canonical form fxq places on, with every GEMM / attention / LayerNorm site recorded in node meta."""
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"fxq quantizes torch.nn.Module objects, got {type(model).__name__}")
     inputs = Inputs.of(example_inputs)
@@ -232,7 +247,8 @@ def capture_program(model: torch.nn.Module, example_inputs: Any, dynamic_batch: 
     # single-reader softmax -> BMM2 chain; FX keeps impure nodes.
     gm.graph.eliminate_dead_code()
     gm.recompile()
-    tag_state(ep)
+    tag_state(ep)  # before the matchers: a GEMM's weight is found by its state tag
+    canonicalize(gm)  # views above softmax, scales onto Q, every site recorded (counts in gm.meta)
     return ep
 
 

@@ -8,7 +8,8 @@ channel's offset before it is quantized. In the exported graph it is just a diff
 K GEMM: no new op, nothing for TensorRT to fuse differently.
 
 Only K projections whose output reaches BMM1's K operand alone, through views/transposes, and
-that have a bias, are changed (a fused QKV GEMM is left as it is).
+that have a bias, are changed (a fused QKV GEMM is left as it is): the attention record capture
+wrote names that GEMM (AttentionRecord.k_gemm).
 """
 from __future__ import annotations
 
@@ -18,26 +19,26 @@ from typing import Any, Iterable
 import torch
 from torch.fx import Node
 
-from .attention import find_attention_blocks
+from . import records
+from .attention import recorded_blocks
 from .calibrate import run_calibration
 from .capture import Inputs, capture
-from .graph_utils import aten
-
-_PASS_THROUGH = {aten.view.default, aten.reshape.default, aten._unsafe_view.default, aten.transpose.int,
-                 aten.permute.default, aten.contiguous.default, aten.clone.default, aten.t.default}
+from .graph_utils import state_name
+from .insert import observer_node
 
 
-def _k_projection(k: Node) -> Node | None:
-    """The linear (with bias) whose output is K, through single-reader views and transposes."""
-    node = k
-    while isinstance(node, Node) and node.op == "call_function" and node.target in _PASS_THROUGH:
-        if len(node.users) != 1:
-            return None
-        node = node.args[0]
-    if (isinstance(node, Node) and node.target is aten.linear.default and len(node.args) > 2
-            and isinstance(node.args[2], Node) and node.args[2].op == "get_attr" and len(node.users) == 1):
-        return node
-    return None
+def _k_projections(gm: torch.fx.GraphModule) -> dict[str, Node]:
+    """bias name -> K projection GEMM, for every block whose record names one that has a bias parameter."""
+    gemms = {rec.group: (node, rec) for node, rec in records.gemms(gm)}
+    out = {}
+    for block in recorded_blocks(gm):
+        if block.record.k_gemm is None:
+            continue
+        node, rec = gemms[block.record.k_gemm]
+        bias = state_name(rec.bias(node))
+        if bias is not None:
+            out[bias] = node
+    return out
 
 
 class _Mean(torch.nn.Module):
@@ -62,17 +63,11 @@ def center_attention_keys(model: torch.nn.Module, example_inputs: Any, calib_dat
     """
     example = Inputs.of(example_inputs)
     gm = capture(model, example, dynamic_batch=True)
-    biases = {}
-    for block in find_attention_blocks(gm):
-        proj = _k_projection(block.bmm1.args[1])
-        if proj is not None:
-            biases[str(proj.args[2].target)] = proj
+    biases = _k_projections(gm)
     means = {name: _Mean() for name in biases}
     for i, (name, proj) in enumerate(biases.items()):
-        obs = f"fxq_k_mean_{i}"
-        gm.add_submodule(obs, means[name])
         with gm.graph.inserting_after(proj):
-            node = gm.graph.call_module(obs, (proj,))
+            node = observer_node(gm, f"fxq_k_mean_{i}", means[name], proj, name)
         for user in list(proj.users):
             if user is not node:
                 user.replace_input_with(proj, node)

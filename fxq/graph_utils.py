@@ -129,3 +129,23 @@ def hoist_before(value: Node, anchor: Node) -> int:
     for n in sorted(late, key=order.__getitem__):
         anchor.prepend(n)
     return len(late)
+
+
+def attr_value(gm, target: str):
+    """What a get_attr node with this target reads from `gm` (a dotted path)."""
+    obj = gm
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def set_attr_value(gm, target: str, value: torch.Tensor) -> None:
+    """Replace the tensor at a get_attr target, keeping its kind (parameter, buffer or plain attribute)."""
+    *path, name = target.split(".")
+    mod = gm.get_submodule(".".join(path)) if path else gm
+    if name in mod._parameters:
+        mod._parameters[name] = torch.nn.Parameter(value, requires_grad=False)
+    elif name in mod._buffers:
+        mod._buffers[name] = value
+    else:
+        setattr(mod, name, value)

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 import torch
 from torch.fx import GraphModule, Node
 
-from .graph_utils import aten, copy_module_stack
+from .graph_utils import copy_module_stack
+from .insert import observer_node
 from .placement import Placement
-
-HESSIAN_PREFIX = "fxq_observer_hessian_"  # starts like insert.py's prefix, so remove_observers() drops it
+from .records import GEMM
 
 
 class HessianObserver(torch.nn.Module):
@@ -54,14 +54,11 @@ class GemmWeight:
 
 
 def gemm_weight_layout(node: Node) -> GemmWeight:
-    """The GEMM input and weight layout of a node placement found as a linear-like GEMM."""
-    if node.target is aten.linear.default:
-        return GemmWeight(node.name, node.args[0].name, False)
-    if node.target is aten.addmm.default:
-        return GemmWeight(node.name, node.args[1].name, True)
-    if node.target in (aten.matmul.default, aten.mm.default):
-        return GemmWeight(node.name, node.args[0].name, True)
-    raise ValueError(f"{node.name} ({node.target}) is not a GEMM with a weight")
+    """The GEMM input (as wired now) and weight layout of a GEMM, from the record capture wrote on it."""
+    rec = node.meta.get(GEMM)
+    if rec is None:
+        raise ValueError(f"{node.name} ({node.target}) is not a recorded GEMM with a weight")
+    return GemmWeight(node.name, rec.input(node).name, not rec.weight_nk)
 
 
 def weight_readers(gm: GraphModule, placement: Placement) -> dict[str, list[GemmWeight]]:
@@ -84,11 +81,10 @@ def insert_hessian_observers(gm: GraphModule, placement: Placement) -> dict[str,
         for r in readers:
             if r.input not in by_input:
                 src = nodes[r.input]
-                name = f"{HESSIAN_PREFIX}{len(by_input)}"
                 by_input[r.input] = HessianObserver(r.input)
-                gm.add_submodule(name, by_input[r.input])
                 with gm.graph.inserting_after(src):
-                    new[r.input] = gm.graph.call_module(name, (src,))
+                    new[r.input] = observer_node(gm, f"fxq_observer_hessian_{len(by_input) - 1}",
+                                                 by_input[r.input], src, f"hessian:{r.input}")
                 new[r.input].meta["val"] = src.meta.get("val")
                 copy_module_stack(new[r.input], nodes[r.gemm])
             nodes[r.gemm].replace_input_with(nodes[r.input], new[r.input])

@@ -20,7 +20,8 @@ from .placement import Placement, Site
 QDQ = torch.ops.fxq.fp8_qdq.default
 DEQUANT = torch.ops.fxq.fp8_dequant.default
 DEQUANT_AXIS = torch.ops.fxq.fp8_dequant_axis.default
-_OBSERVER_PREFIX = "fxq_observer_"
+OBSERVER = "fxq_observer"  # node.meta tag on every calibration observer node; remove_observers() drops them
+FLOAT_WEIGHT = "fxq_float_weight"  # node.meta on an FP8 weight's fp8_dequant: the state name of the float weight
 
 
 def _insert(gm: GraphModule, sites: list[Site], make: Callable[[Site, Node], Node]) -> int:
@@ -49,25 +50,37 @@ def insert_observers(gm: GraphModule, placement: Placement) -> dict[str, AmaxObs
     observers: dict[str, AmaxObserver] = {}
 
     def make(site: Site, src: Node) -> Node:
-        name = f"{_OBSERVER_PREFIX}{len(observers)}"
         observers[site.key] = make_observer(site.key, site.spec)
-        gm.add_submodule(name, observers[site.key])
-        return gm.graph.call_module(name, (src,))
+        return observer_node(gm, f"fxq_observer_{len(observers) - 1}", observers[site.key], src, site.key)
 
     _insert(gm, [s for s in _activation_sites(placement) if s.fixed_amax is None], make)
     return observers
 
 
+def observer_node(gm: GraphModule, name: str, observer: torch.nn.Module, src: Node, key: str) -> Node:
+    """call_module(observer)(src), inserted at the graph's insert point and tagged for remove_observers()."""
+    gm.add_submodule(name, observer)
+    node = gm.graph.call_module(name, (src,))
+    node.meta[OBSERVER] = key
+    return node
+
+
 def remove_observers(gm: GraphModule) -> int:
+    """Take out every node tagged as an observer (amax and Hessian observers alike)."""
     removed = 0
     for node in list(gm.graph.nodes):
-        if node.op == "call_module" and str(node.target).startswith(_OBSERVER_PREFIX):
+        if node.op == "call_module" and OBSERVER in node.meta:
             node.replace_all_uses_with(node.args[0])
             gm.graph.erase_node(node)
             gm.delete_submodule(node.target)
             removed += 1
     gm.recompile()
     return removed
+
+
+def weight_layouts(placement: Placement) -> dict[str, bool]:
+    """Weight site key -> True where the weight is stored [K, N] (addmm, x @ W), read from its GEMM's record."""
+    return {s.key: not placement.gemm_record(s.consumers[0]).weight_nk for s in placement.sites if s.is_weight}
 
 
 def state_tensors(ep: torch.export.ExportedProgram) -> dict[str, torch.Tensor]:
@@ -165,6 +178,7 @@ def quantize_weights(ep: torch.export.ExportedProgram, placement: Placement, ama
         dq.meta["val"] = fake_call(target, args)
         copy_module_stack(dq, consumers[0])
         dq.meta["fxq_site"] = site.key
+        dq.meta[FLOAT_WEIGHT] = state_name(src)  # what the codes were made from (sensitivity floats it back)
         for c in consumers:
             c.replace_input_with(src, dq)
         if not src.users:

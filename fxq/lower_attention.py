@@ -3,29 +3,18 @@
 BMM1 -> [scale, mask, casts] -> softmax -> [casts, dropout, probs Q/DQ] -> BMM2 becomes one SDPA call
 (flash / cuDNN on a GPU). Q already carries the attention scale; provably zero additive masks are
 dropped, real masks kept; the softmax output stays FP16 (TensorRT's graph quantizes it at 1/448).
+The blocks are the ones capture recorded in node meta (fxq.attention.recorded_blocks): nothing is matched here.
 """
 from __future__ import annotations
 
 import torch
 from torch.fx import GraphModule, Node
 
-from .attention import SOFTMAX, find_attention_blocks
-from .graph_utils import aten, constant_scalar
+from .attention import CASTS, recorded_blocks
+from .graph_utils import aten, attr_value, constant_scalar
+from .lower_kernels import QDQ, is_qdq
 
-QDQ = torch.ops.fxq.fp8_qdq.default
-_CASTS = {aten.to.dtype, aten._to_copy.default, aten.to.dtype_layout, aten.type_as.default}
-_PASS_THROUGH = _CASTS | {aten.dropout.default, aten.clone.default, aten.contiguous.default, aten.alias.default}
-
-
-def _attr(gm: GraphModule, target: str):
-    obj = gm
-    for part in target.split("."):
-        obj = getattr(obj, part)
-    return obj
-
-
-def _is_qdq(node) -> bool:
-    return isinstance(node, Node) and node.op == "call_function" and node.target is QDQ
+_PASS_THROUGH = CASTS | {aten.dropout.default, aten.clone.default, aten.contiguous.default, aten.alias.default}
 
 
 def _depends_on_data(node: Node) -> bool:
@@ -58,7 +47,7 @@ def _evaluate(gm: GraphModule, node: Node):
     env: dict[Node, object] = {}
     for n in sorted(needed, key=order.__getitem__):
         if n.op == "get_attr":
-            env[n] = _attr(gm, n.target)
+            env[n] = attr_value(gm, n.target)
         elif n.op == "call_function" and n.target is aten.sym_size.int:
             d = n.args[0].meta["val"].shape[n.args[1]]
             env[n] = d if isinstance(d, int) else int(d.node.hint)
@@ -100,7 +89,7 @@ def _score_chain(b) -> tuple[float, object, str, str]:
         if not isinstance(node, Node) or node.op != "call_function":
             return scale, mask, kind, "unexpected score input"
         t = node.target
-        if t in _CASTS:
+        if t in CASTS:
             node = node.args[0]
             continue
         if t in (aten.mul.Tensor, aten.div.Tensor):
@@ -137,31 +126,6 @@ def _probs_chain_ok(b) -> bool:
     return True
 
 
-def _remove_probs_qdq(gm: GraphModule) -> dict[Node, tuple]:
-    """Take out the fp8_qdq nodes on softmax outputs (find_attention_blocks walks casts only).
-
-    Returns {the qdq's user: (input, scale, meta)} so blocks that are not fused get theirs back.
-    """
-    out = {}
-    for q in list(gm.graph.find_nodes(op="call_function", target=QDQ)):
-        src = q.args[0]
-        while isinstance(src, Node) and src.op == "call_function" and src.target in _PASS_THROUGH:
-            src = src.args[0]
-        if isinstance(src, Node) and src.target in SOFTMAX and len(q.users) == 1:
-            user = next(iter(q.users))
-            out[user] = (q.args[0], q.args[1], dict(q.meta))
-            q.replace_all_uses_with(q.args[0])
-            gm.graph.erase_node(q)
-    return out
-
-
-def _restore_qdq(gm: GraphModule, user: Node, x: Node, scale: float, meta: dict) -> None:
-    with gm.graph.inserting_before(user):
-        q = gm.graph.call_function(QDQ, (x, scale))
-    q.meta.update(meta)
-    user.replace_input_with(x, q)
-
-
 def _erase_block(b) -> None:
     """Erase the replaced BMM1 -> softmax -> BMM2 chain. DCE alone would keep it: aten.dropout counts as impure."""
     chain, node = [b.bmm2], b.bmm2.args[0]
@@ -188,8 +152,7 @@ def fuse_attention(gm: GraphModule, keep_qkv_qdq: bool = False) -> tuple[int, in
     fused = fp8_qkv = dropped = 0
     reasons = []
     g = gm.graph
-    probs_qdq = _remove_probs_qdq(gm)  # find_attention_blocks walks softmax -> BMM2 through casts only
-    for b in find_attention_blocks(gm):
+    for b in recorded_blocks(gm):  # the blocks capture recorded; a probs Q/DQ goes with its fused block
         scale, mask, kind, why = _score_chain(b)
         if not why and b.softmax.args[1] not in (-1, len(b.softmax.meta["val"].shape) - 1):
             why = "softmax not over the last dim"
@@ -198,12 +161,11 @@ def fuse_attention(gm: GraphModule, keep_qkv_qdq: bool = False) -> tuple[int, in
         if why:
             reasons.append(f"{b.module}: {why}")
             continue
-        probs_qdq.pop(b.bmm2, None)  # the block's probs stay FP16 inside SDPA
         q, kt, v = b.bmm1.args[0], b.bmm1.args[1], b.bmm2.args[1]
-        quantized = all(_is_qdq(t) for t in (q, kt, v))
+        quantized = all(is_qdq(t) for t in (q, kt, v))
         if quantized and not keep_qkv_qdq:
             q, kt, v = q.args[0], kt.args[0], v.args[0]
-        if not _is_qdq(q) and isinstance(q, Node) and q.target is aten.mul.Tensor and len(q.users) == 1 \
+        if not is_qdq(q) and isinstance(q, Node) and q.target is aten.mul.Tensor and len(q.users) == 1 \
                 and constant_scalar(q.args[1]) is not None:
             scale *= constant_scalar(q.args[1])  # an unquantized Q: let SDPA apply the scale
             q = q.args[0]
@@ -224,8 +186,6 @@ def fuse_attention(gm: GraphModule, keep_qkv_qdq: bool = False) -> tuple[int, in
         _erase_block(b)
         fused += 1
         fp8_qkv += quantized and keep_qkv_qdq
-    for user, (x, scale, meta) in probs_qdq.items():  # blocks left as they were get their probs quantizer back
-        _restore_qdq(gm, user, x, scale, meta)
     g.eliminate_dead_code()
     gm.recompile()
     return fused, fp8_qkv, dropped, reasons

@@ -13,15 +13,14 @@ import onnx
 import onnx_ir as ir
 import torch
 
-from . import ops, validate
+from . import validate
 from .atomic import staging
 from .graph_dtype import program_in_dtype
 from .insert import DEQUANT, DEQUANT_AXIS, QDQ
 from .memory import release_free_memory
-from onnx_post import skeleton
+from onnx_post import IR_VERSION, fp8, skeleton
 
 DEFAULT_OPSET = 21  # onnxruntime computes fp16 Q/DQ in fp32 up to 21, as fxq's torch op does
-IR_VERSION = 10
 # protobuf cannot serialise 2 GiB; leave headroom for the graph itself.
 EXTERNAL_DATA_BYTES = 2**31 - 2**26
 _TORCH = {ir.DataType.FLOAT: torch.float32, ir.DataType.FLOAT16: torch.float16, ir.DataType.BFLOAT16: torch.bfloat16}
@@ -29,7 +28,7 @@ _TORCH = {ir.DataType.FLOAT: torch.float32, ir.DataType.FLOAT16: torch.float16, 
 
 def _scale_constant(opset, scale: float, dtype: torch.dtype):
     """The scale as the graph stores it: a scalar in the graph dtype, rounded and clamped as the torch op does."""
-    return opset.Constant(value=ir.tensor(ops.round_scale(scale, dtype)))
+    return opset.Constant(value=ir.tensor(fp8.stored_scale_array(scale, dtype)))
 
 
 def _zero_fp8(opset):

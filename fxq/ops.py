@@ -3,53 +3,26 @@
 `torch.ops.fxq.fp8_qdq(x, scale)` is a single custom op so that it survives torch.export and
 run_decompositions as one node, and so the ONNX exporter can translate it into exactly one
 QuantizeLinear + DequantizeLinear pair (see fxq/onnx_export.py). It computes what onnxruntime
-computes for that pair: the scale is first rounded to x's dtype (the ONNX scale has the graph
-dtype), x / scale is done in float32, saturated to +-448 and rounded to nearest-even E4M3.
+computes for that pair. The math is onnx_post/fp8.py's (the one FP8 numerics module); this file
+holds the torch ops and re-exports the names fxq's modules use.
 """
 from __future__ import annotations
 
-import functools
-import math
-
 import torch
 
-FP8_MAX = 448.0  # largest finite float8_e4m3fn
+from onnx_post import fp8
+from onnx_post.fp8 import FP8_MAX, scale_from_amax  # noqa: F401  (re-exported for fxq's modules)
+
 FP8_DTYPE = torch.float8_e4m3fn
 
 
-def scale_from_amax(amax: float) -> float:
-    """ONNX convention: x_fp8 = x / scale. An amax of 0 (a dead tensor) still gets a valid scale."""
-    amax = float(amax)
-    if math.isnan(amax) or amax < 0:  # fxq/validate.py refuses these upstream; never paper over them here
-        raise ValueError(f"amax must be >= 0 and not NaN, got {amax}")
-    if amax == 0.0:
-        amax = 1.0
-    return amax / FP8_MAX
-
-
 def round_scale(scale: float, dtype: torch.dtype) -> torch.Tensor:
-    """The scale as the exported graph stores it: a scalar of the graph's float dtype, normal and finite.
-
-    fxq/onnx_export.py writes exactly this value, so torch and ONNX numerics agree."""
-    s = torch.tensor(scale, dtype=dtype)
-    info = torch.finfo(dtype)
-    if abs(s.item()) < info.tiny or not torch.isfinite(s):
-        # Too small (or large) for the dtype: clamp into its normal range rather than emit 0, a
-        # subnormal (flushed to 0 by TensorRT kernels) or inf.
-        s = torch.tensor(min(max(scale, info.tiny), info.max), dtype=dtype)
-    return s
-
-
-@functools.lru_cache(maxsize=4096)
-def _graph_scale(scale: float, dtype: torch.dtype) -> float:
-    # Cached as a Python float: no tensor creation or host sync on every fake-quant call.
-    return float(round_scale(scale, dtype))
+    """The scale as the exported graph stores it (fp8.stored_scale), as a 0-d tensor of `dtype`."""
+    return torch.tensor(fp8.stored_scale(scale, dtype), dtype=dtype)
 
 
 def fp8_qdq_reference(x: torch.Tensor, scale: float) -> torch.Tensor:
-    s = _graph_scale(float(scale), x.dtype)  # exact in float32, so x / s is what ONNX computes
-    q = torch.clamp(x.float() / s, -FP8_MAX, FP8_MAX).to(FP8_DTYPE)
-    return (q.float() * s).to(x.dtype)
+    return fp8.quantize_dequantize(x, scale)
 
 
 @torch.library.custom_op("fxq::fp8_qdq", mutates_args=())
@@ -70,17 +43,9 @@ def _fp8_qdq_backward(ctx, grad):
 fp8_qdq.register_autograd(_fp8_qdq_backward)
 
 
-def quantize_to_fp8(x: torch.Tensor, scale: float, chunk: int = 1 << 20) -> torch.Tensor:
-    """FP8 E4M3 codes of x at `scale` (saturating, round to nearest even), as QuantizeLinear makes them.
-
-    Works through `chunk` elements at a time: whole-weight float32 temporaries would fragment the
-    heap that the 1-byte codes are allocated between (measured: 5 bytes/param of RSS on ViT-L).
-    """
-    flat = x.detach().reshape(-1)
-    codes = torch.empty(flat.shape, dtype=FP8_DTYPE, device=x.device)
-    for i in range(0, flat.numel(), chunk):
-        codes[i:i + chunk] = torch.clamp(flat[i:i + chunk].float() / float(scale), -FP8_MAX, FP8_MAX).to(FP8_DTYPE)
-    return codes.view(x.shape)
+def quantize_to_fp8(x: torch.Tensor, scale: float) -> torch.Tensor:
+    """FP8 E4M3 codes of a weight at `scale`, as QuantizeLinear makes them (chunked: see fp8.quantize)."""
+    return fp8.quantize(x.detach(), scale)
 
 
 @torch.library.custom_op("fxq::fp8_dequant", mutates_args=())
@@ -89,7 +54,7 @@ def fp8_dequant(codes: torch.Tensor, scale: float, dtype: torch.dtype) -> torch.
 
     The scale is rounded to `dtype` first, as the exported graph stores it.
     """
-    return (codes.float() * _graph_scale(float(scale), dtype)).to(dtype)
+    return fp8.dequantize(codes, fp8.stored_scale(scale, dtype), dtype)
 
 
 @fp8_dequant.register_fake
@@ -106,7 +71,7 @@ def fp8_dequant_axis(codes: torch.Tensor, scale: torch.Tensor, axis: int, dtype:
     """
     shape = [1] * codes.ndim
     shape[axis] = -1
-    return (codes.float() * scale.float().reshape(shape)).to(dtype)
+    return fp8.dequantize(codes, scale.reshape(shape), dtype)
 
 
 @fp8_dequant_axis.register_fake

@@ -1,8 +1,9 @@
-"""Place: decide which tensors get an FP8 quantizer, by role, from graph structure alone.
+"""Place: decide which tensors get an FP8 quantizer, by role, from the sites capture recorded.
 
-Finding is kept apart from changing: `place()` only reads the graph (after the canonical
-rewrites: probs views above the softmax, attention scale onto Q) and returns a Placement;
-fxq/insert.py turns it into nodes.
+Finding is kept apart from changing: capture shapes the graph and records every GEMM, attention
+block and LayerNorm in node meta (fxq/transforms.py, fxq/matchers.py); `place()` only reads those
+records, applies the config (skips, fallback, overrides) and returns a Placement, whose sites
+fxq/insert.py turns into nodes.
 """
 from __future__ import annotations
 
@@ -11,13 +12,14 @@ from dataclasses import dataclass, field
 
 from torch.fx import GraphModule, Node
 
+from . import records
 from . import roles as R
-from .attention import find_attention_blocks, move_scale_to_q, move_views_before_softmax
+from .attention import recorded_blocks
 from .config import QuantConfig, TensorSpec
 from .errors import ConfigError
-from .graph_utils import aten, matmul_flops, module_path, shape_of, state_name, static_dim
-
-LAYER_NORMS = {aten.layer_norm.default, aten.native_layer_norm.default}
+from .graph_utils import shape_of, state_name
+from .records import AttentionRecord, GemmRecord
+from .transforms import COUNTS, TransformCounts
 
 
 @dataclass(frozen=True)
@@ -74,24 +76,16 @@ class Group:
     flops: int = 0  # matmul FLOPs per example batch (0 for layer_norm)
 
 
-class _GroupIds:
-    def __init__(self):
-        self.seen: Counter = Counter()
-
-    def next(self, module: str, kind: str) -> str:
-        base = f"{module}:{kind}"
-        self.seen[base] += 1
-        return base if self.seen[base] == 1 else f"{base}#{self.seen[base] - 1}"
-
-
 @dataclass
 class Placement:
     sites: list[Site] = field(default_factory=list)
     skips: list[Skip] = field(default_factory=list)
     groups: list[Group] = field(default_factory=list)
+    gemm_records: list[GemmRecord] = field(default_factory=list)  # every GEMM capture recorded, in graph order
+    attention_records: list[AttentionRecord] = field(default_factory=list)  # each block's record (part "bmm1")
     gemms: int = 0
     attention_blocks: int = 0
-    scales_moved_to_q: int = 0
+    scales_moved_to_q: int = 0  # what capture's transforms did (fxq.transforms.TransformCounts)
     views_moved_before_softmax: int = 0
 
     def count(self, role: str) -> int:
@@ -103,6 +97,10 @@ class Placement:
     def keys(self) -> list[str]:
         return [s.key for s in self.sites]
 
+    def gemm_record(self, node: str) -> GemmRecord:
+        """The record of the GEMM node named `node` (a site's consumer)."""
+        return next(r for r in self.gemm_records if r.node == node)
+
 
 @dataclass
 class _Request:
@@ -111,23 +109,6 @@ class _Request:
     role: str
     module: str
     fallback: bool = False  # left in FP16 by QuantConfig.fallback: still numbered, so keys stay stable
-
-
-def _gemm_operands(node: Node):
-    """(input, weight, K, N) for linear-like GEMMs with a parameter weight, else None."""
-    if node.target is aten.linear.default:  # the weight may be computed from parameters (MHA's in_proj split)
-        x, w = node.args[0], node.args[1]
-        n, k = static_dim(w, 0), static_dim(w, 1)
-    elif node.target is aten.addmm.default and state_name(node.args[2]) is not None:
-        x, w = node.args[1], node.args[2]  # HF Conv1D: addmm(bias, x, W[in, out])
-        k, n = static_dim(w, 0), static_dim(w, 1)
-    elif node.target in (aten.matmul.default, aten.mm.default) and state_name(node.args[1]) is not None \
-            and len(node.args[1].meta["val"].shape) == 2:
-        x, w = node.args[0], node.args[1]  # x @ W[in, out]
-        k, n = static_dim(w, 0), static_dim(w, 1)
-    else:
-        return None
-    return x, w, k, n
 
 
 def _is_gemv(x: Node) -> bool:
@@ -153,71 +134,66 @@ def _reads_attention_output(x: Node, bmm2s: set[Node], depth: int = 6) -> bool:
 
 def _requests(gm: GraphModule, cfg: QuantConfig, out: Placement) -> list[_Request]:
     reqs: list[_Request] = []
-    ids = _GroupIds()
-    blocks = find_attention_blocks(gm)
-    out.views_moved_before_softmax = move_views_before_softmax(gm, blocks)
-    if out.views_moved_before_softmax:
-        blocks = find_attention_blocks(gm)  # the softmax nodes were replaced
+    blocks = recorded_blocks(gm)
     out.attention_blocks = len(blocks)
     bmm2s = {b.bmm2 for b in blocks}
-    gemms = [(node, ops) for node in gm.graph.nodes if node.op == "call_function" and (ops := _gemm_operands(node))]
+    gemms = records.gemms(gm)
     # Batch-only rows are GEMV-shaped next to token GEMMs (a transformer's pooler or head); in a
     # plain MLP on [batch, features] every GEMM has them, and those are the model's real GEMMs.
     # An attention block's O-projection stays FP8 even then: TensorRT's FP8 MHA wants its input Q/DQ.
-    has_token_gemms = any(not _is_gemv(ops[0]) for _, ops in gemms)
-    for node, ops in gemms:
-        x, w, k, n = ops
+    has_token_gemms = any(not _is_gemv(r.input(node)) for node, r in gemms)
+    for node, r in gemms:
+        x, w, k, n = r.input(node), r.weight_of(node), r.k, r.n
         out.gemms += 1
-        mod = module_path(node)
-        gid = ids.next(mod, "gemm")
-        out.groups.append(Group(gid, "gemm", mod, (node.name,), matmul_flops(node)))
+        out.gemm_records.append(r)
+        out.groups.append(Group(r.group, "gemm", r.module, (node.name,), r.flops))
         if k is None or n is None or k < cfg.min_gemm_dim or n < cfg.min_gemm_dim:
-            out.skips.append(Skip(mod, "gemm", "small_gemm", f"K={k} N={n} < {cfg.min_gemm_dim}"))
+            out.skips.append(Skip(r.module, "gemm", "small_gemm", f"K={k} N={n} < {cfg.min_gemm_dim}"))
             continue
         if cfg.skip_gemv and has_token_gemms and _is_gemv(x) and not _reads_attention_output(x, bmm2s):
-            out.skips.append(Skip(mod, "gemm", "gemv", f"input shape {list(shape_of(x))}"))
+            out.skips.append(Skip(r.module, "gemm", "gemv", f"input shape {list(shape_of(x))}"))
             continue
-        fb = gid in cfg.fallback
+        fb = r.group in cfg.fallback
         if fb:
-            out.skips.append(Skip(mod, "gemm", "fallback", gid))
-        reqs += [_Request(x, node, R.LINEAR_INPUT, mod, fb), _Request(w, node, R.LINEAR_WEIGHT, mod, fb)]
+            out.skips.append(Skip(r.module, "gemm", "fallback", r.group))
+        reqs += [_Request(x, node, R.LINEAR_INPUT, r.module, fb), _Request(w, node, R.LINEAR_WEIGHT, r.module, fb)]
 
-    out.scales_moved_to_q = move_scale_to_q(gm, blocks)
     for b in blocks:
-        gid = ids.next(b.module, "attention")
-        out.groups.append(Group(gid, "attention", b.module, (b.bmm1.name, b.bmm2.name),
-                                matmul_flops(b.bmm1) + matmul_flops(b.bmm2)))
-        if not _head_size_ok(b.head_size, cfg):
-            out.skips.append(Skip(b.module, "attention", "head_size_out_of_window", f"head size {b.head_size}"))
+        a = b.record
+        out.attention_records.append(a)
+        out.groups.append(Group(a.group, "attention", a.module, (b.bmm1.name, b.bmm2.name), a.flops))
+        if not _head_size_ok(a.head_size, cfg):
+            out.skips.append(Skip(a.module, "attention", "head_size_out_of_window", f"head size {a.head_size}"))
             continue
-        fb = gid in cfg.fallback
+        fb = a.group in cfg.fallback
         if fb:
-            out.skips.append(Skip(b.module, "attention", "fallback", gid))
-        qkv = [(b.bmm1.args[0], b.bmm1, R.ATTN_Q), (b.bmm1.args[1], b.bmm1, R.ATTN_K), (b.bmm2.args[1], b.bmm2, R.ATTN_V)]
-        reqs += [_Request(p, c, role, b.module, fb) for p, c, role in qkv]
-        if all(cfg.spec_for(b.module, role) is not None for role in (R.ATTN_Q, R.ATTN_K, R.ATTN_V)):
-            reqs.append(_Request(b.bmm2.args[0], b.bmm2, R.ATTN_PROBS, b.module, fb))
+            out.skips.append(Skip(a.module, "attention", "fallback", a.group))
+        qkv = [(b.bmm1, a.Q_ARG, R.ATTN_Q), (b.bmm1, a.K_ARG, R.ATTN_K), (b.bmm2, a.V_ARG, R.ATTN_V)]
+        reqs += [_Request(c.args[i], c, role, a.module, fb) for c, i, role in qkv]
+        if all(cfg.spec_for(a.module, role) is not None for role in (R.ATTN_Q, R.ATTN_K, R.ATTN_V)):
+            reqs.append(_Request(b.bmm2.args[a.PROBS_ARG], b.bmm2, R.ATTN_PROBS, a.module, fb))
         elif not fb:
-            out.skips.append(Skip(b.module, R.ATTN_PROBS, "probs_without_qkv"))
+            out.skips.append(Skip(a.module, R.ATTN_PROBS, "probs_without_qkv"))
     return reqs
 
 
 def place(gm: GraphModule, config: QuantConfig | None = None) -> Placement:
-    """Find every FP8 site in `gm`. Only graph changes: attention scales onto Q, probs views above softmax."""
+    """Find every FP8 site in `gm` from the records capture wrote (fxq/matchers.py). Changes nothing."""
+    records.require(gm)
     cfg = config or QuantConfig()
-    out = Placement()
+    counts = gm.meta.get(COUNTS) or TransformCounts()
+    out = Placement(scales_moved_to_q=counts.scales_moved_to_q,
+                    views_moved_before_softmax=counts.views_moved_before_softmax)
     groups: dict[Node, list[_Request]] = {}
     requests = _requests(gm, cfg, out)
     _check_fallback_ids(cfg, out)
-    ln_ids = _GroupIds()
-    for node in gm.graph.nodes:
-        if node.op == "call_function" and node.target in LAYER_NORMS:
-            out.groups.append(Group(ln_ids.next(module_path(node), "layer_norm"), "layer_norm",
-                                    module_path(node), (node.name,)))
+    for node, ln in records.recorded(gm, records.LAYER_NORM):
+        out.groups.append(Group(ln.group, "layer_norm", ln.module, (node.name,)))
     for req in requests:
-        if req.producer.op == "call_function" and req.producer.target in LAYER_NORMS:
+        ln = req.producer.meta.get(records.LAYER_NORM)
+        if ln is not None:
             # A LayerNorm output feeding GEMMs gets one shared quantizer named for the LayerNorm.
-            req = _Request(req.producer, req.consumer, R.LAYER_NORM_OUTPUT, module_path(req.producer), req.fallback)
+            req = _Request(req.producer, req.consumer, R.LAYER_NORM_OUTPUT, ln.module, req.fallback)
         if cfg.spec_for(req.module, req.role) is None:
             if not req.fallback:
                 out.skips.append(Skip(req.module, req.role, "disabled_by_config"))

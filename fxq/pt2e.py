@@ -5,9 +5,10 @@
     for batch in data: prepared(**batch)
     quantized = convert_pt2e(prepared, fold_quantize=False)
 
-gives the same fp8_qdq nodes, at the same places, as fxq.quantize. The quantizer only writes
-annotations (from fxq.placement.place); torchao inserts observers; each observer's convert()
-emits fxq's fp8_qdq op.
+gives the same fp8_qdq nodes, at the same places, as fxq.quantize. torchao's contract: the graph is
+reshaped in `transform_for_annotation` (fxq.transforms.canonicalize, which fxq.capture already ran:
+again it fires 0 times, and it records every site), `annotate` only reads (fxq.placement.place) and
+writes annotations; torchao inserts observers; each observer's convert() emits fxq's fp8_qdq op.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from . import ops
 from .config import QuantConfig, TensorSpec
 from .observers import make_observer
 from .placement import Placement, place
+from .transforms import TransformCounts, canonicalize
 
 _ANNOTATION = "quantization_annotation"
 
@@ -59,11 +61,13 @@ class FxqQuantizer(Quantizer):
         super().__init__()
         self.config = config or QuantConfig()
         self.placement: Placement | None = None
+        self.transformed: TransformCounts | None = None  # what transform_for_annotation changed
 
     def transform_for_annotation(self, model: GraphModule) -> GraphModule:
         if model.graph.find_nodes(op="call_function", target=torch.ops.aten.scaled_dot_product_attention.default):
             raise ValueError("the graph still has scaled_dot_product_attention; capture it with fxq.capture(model, "
                              "example_inputs), which rewrites SDPA into the matmul/softmax form fxq annotates")
+        self.transformed = canonicalize(model)
         return model
 
     def annotate(self, model: GraphModule) -> GraphModule:

@@ -4,6 +4,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from onnx_post.runtime import onnx_session  # noqa: F401  (fxq callers import it from here)
+
 from .capture import Inputs
 
 
@@ -43,23 +45,6 @@ def first_output(out):
     if isinstance(out, dict):
         out = list(out.values())
     return first_output(out[0])
-
-
-# onnxruntime graph rewrites that are wrong on FP8 Q/DQ graphs. ReluQuantRewrite drops a Relu in
-# front of QuantizeLinear, which is only valid for integer types whose zero point is the minimum;
-# FP8 E4M3 is signed, so negatives leak through (T5's FFN: cosine 1.0 -> 0.81 vs the torch model).
-WRONG_ON_FP8 = ["ReluQuantRewrite"]
-
-
-def onnx_session(path, optimize: bool = True):
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    if not optimize:
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    source = path if isinstance(path, bytes) else str(path)
-    return ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"], disabled_optimizers=WRONG_ON_FP8)
 
 
 def run_onnx(path, example, dtype: torch.dtype = torch.float16, optimize: bool = True) -> list[np.ndarray]:

@@ -17,8 +17,9 @@ import contextlib
 
 import torch
 
-FP8_MAX = 448.0  # largest finite float8_e4m3fn
-FP8_DTYPE = torch.float8_e4m3fn
+from onnx_post import fp8
+
+from .ops import FP8_DTYPE
 
 
 def _scale_rows(scale, w: torch.Tensor) -> torch.Tensor:
@@ -40,8 +41,8 @@ def _check_weight(w: torch.Tensor) -> None:
 
 
 def to_fp8(v: torch.Tensor) -> torch.Tensor:
-    """Values already divided by the scale -> E4M3 codes: saturate at +-448, round to nearest even."""
-    return torch.clamp(v.float(), -FP8_MAX, FP8_MAX).to(FP8_DTYPE)
+    """Values already in units of the scale (w / s) -> E4M3 codes: saturate at +-448, round to nearest even."""
+    return fp8.quantize(v, 1.0, chunk=None)
 
 
 def weight_scale(w: torch.Tensor, axis: int | None = None) -> torch.Tensor:
@@ -52,19 +53,18 @@ def weight_scale(w: torch.Tensor, axis: int | None = None) -> torch.Tensor:
     if axis not in (None, 0):
         raise ValueError(f"axis must be None (per-tensor) or 0 (per output channel of W[N, K]), got {axis!r}")
     a = w.detach().abs().float()
-    amax = a.max() if axis is None else a.amax(dim=1)
-    return torch.where(amax > 0, amax, torch.ones_like(amax)) / FP8_MAX
+    return fp8.scale_from_amax(a.max() if axis is None else a.amax(dim=1))
 
 
 def round_nearest(w: torch.Tensor, scale) -> torch.Tensor:
     """Round-to-nearest FP8 codes of W[N, K] for a scalar or per-output-channel [N] scale."""
     _check_weight(w)
-    return to_fp8(w.detach().float() / _scale_rows(scale, w))
+    return fp8.quantize(w.detach(), _scale_rows(scale, w))
 
 
 def dequantize(codes: torch.Tensor, scale) -> torch.Tensor:
     """codes * scale in float32 (what DequantizeLinear computes before casting to the graph dtype)."""
-    return codes.float() * _scale_rows(scale, codes)
+    return fp8.dequantize(codes, _scale_rows(scale, codes))
 
 
 def output_error(w: torch.Tensor, w_q: torch.Tensor, hessian: torch.Tensor) -> torch.Tensor:

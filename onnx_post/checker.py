@@ -11,145 +11,55 @@ Q/DQ on the BMM2 output, head size in [16, 256] and a multiple of 8, static sequ
 """
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import ml_dtypes
 import numpy as np
 import onnx
 
-from onnx_post.checker_graph import (FLOAT_TYPES, FP8, AttentionBlock, GraphIndex, attr,
-                                     dtype_name, find_attention_blocks, module_of, walk_forward)
-from onnx_post.checker_numeric import NUMERIC_REASONS, NumericRow, check_external_data, check_numeric
-
-REASONS: dict[str, str] = {
-    # GEMM (MatMul / Gemm), both inputs
-    "input_a_not_dq": "The GEMM's first input is not produced directly by a DequantizeLinear.",
-    "input_b_not_dq": "The GEMM's second input is not produced directly by a DequantizeLinear.",
-    "weight_not_fp8_initializer": "A constant weight reaches its DequantizeLinear as something other "
-                                  "than an FP8 E4M3 initializer (runtime QuantizeLinear, int8, ...).",
-    "scale_dtype_mismatch": "A DequantizeLinear scale's dtype differs from the graph's float dtype "
-                            "(TensorRT's strongly typed mode rejects it).",
-    "zero_point_nonzero": "A DequantizeLinear zero point is not a constant 0.",
-    "activation_not_per_tensor": "An activation DequantizeLinear has a non-scalar (per-channel or "
-                                 "blocked) scale; TensorRT wants per-tensor activations.",
-    "weight_scale_not_per_channel": "A weight DequantizeLinear's scale is neither per-tensor nor 1-D along the "
-                                    "GEMM's output-channel (N) axis, the only per-channel form TensorRT takes.",
-    "not_fp8": "A DequantizeLinear's input dtype is not FLOAT8E4M3FN.",
-    "small_gemm": "K or N is below 16, so FP8 gains nothing; left unquantized by design.",
-    "gemv": "A float GEMM whose rows are only the batch (pooler, classifier on one token): a matrix-vector "
-            "product gains nothing from FP8; left unquantized by design.",
-    # attention blocks (Softmax between BMM1 = Q@K^T and BMM2 = P@V)
-    "q_not_fp8": "BMM1's Q input is not fed directly by a DequantizeLinear of FP8.",
-    "k_not_fp8": "BMM1's K^T input is not fed directly by a DequantizeLinear of FP8.",
-    "v_not_fp8": "BMM2's V input is not fed directly by a DequantizeLinear of FP8.",
-    "softmax_not_quantized": "The Softmax output does not go Softmax -> QuantizeLinear -> "
-                             "DequantizeLinear -> BMM2.",
-    "softmax_scale_not_1_448": "The Softmax output's QuantizeLinear scale is not 1/448.",
-    "scale_after_bmm1": "A constant Mul/Div sits between BMM1 and Softmax; TensorRT wants the "
-                        "attention scale applied to Q (or K) before BMM1.",
-    "cast_in_block": "A Cast sits inside the attention block (between BMM1 and BMM2, or between "
-                     "a Q/DQ and the MatMuls).",
-    "head_size_out_of_window": "The head size is outside [16, 256] or not a multiple of 8.",
-    "head_size_unknown": "The head size could not be read from the shapes.",
-    "dynamic_seq_len": "The sequence dim of Q/K at BMM1 is symbolic; dynamic sequence length may "
-                       "prevent FP8 MHA fusion (dynamic batch is fine).",
-    "output_not_quantized": "BMM2's output does not reach QuantizeLinear -> DequantizeLinear "
-                            "(through Transpose/Reshape) before the next GEMM.",
-    # values (onnx_post/checker_numeric.py): structurally fine, numerically broken
-    **NUMERIC_REASONS,
-}
-
-MIN_GEMM_DIM = 16
-
-
-class NotOnnxModelError(ValueError):
-    """The file parsed as protobuf but holds no ONNX graph (an empty file does that)."""
-
-
-@dataclass
-class GemmRow:
-    name: str
-    module: str
-    ready: bool
-    reasons: list[str]
-    k: int | None
-    n: int | None
-    detail: str = ""
-    skipped: bool = False  # only reason is small_gemm: not ready, but left out by design
-
-
-@dataclass
-class AttentionRow:
-    name: str
-    module: str
-    ready: bool
-    reasons: list[str]
-    head_size: int | None
-    detail: str = ""
-
-
-@dataclass
-class Readiness:
-    gemms: list[GemmRow] = field(default_factory=list)
-    attention: list[AttentionRow] = field(default_factory=list)
-    graph_dtype: str = "float32"
-    casts: int = 0
-    numeric: list[NumericRow] = field(default_factory=list)  # bad scales / initializer values
-    verify: dict | None = None  # `fxq check --verify`: onnxruntime on random inputs
-
-    @property
-    def ready(self) -> bool:
-        """Every GEMM ready (or skipped by design), every attention block ready, no numeric problem."""
-        return (all(g.ready or g.skipped for g in self.gemms)
-                and all(a.ready for a in self.attention) and not self.numeric)
-
-    def summary(self) -> str:
-        ready = sum(g.ready for g in self.gemms)
-        skipped = sum(g.skipped for g in self.gemms)
-        gemm = f"GEMMs: {ready}/{len(self.gemms)} ready (both inputs DQ)"
-        if skipped:
-            gemm += f", {skipped} skipped (K or N < {MIN_GEMM_DIM}, or GEMV)"
-        attn = f"attention: {sum(a.ready for a in self.attention)}/{len(self.attention)} ready"
-        numeric = (f" | numeric problems: {len(self.numeric)} ({','.join(sorted({r.reason for r in self.numeric}))})"
-                   if self.numeric else "")  # only shown when there are some
-        return f"{gemm} | {attn}{numeric} | Casts: {self.casts} | graph dtype: {self.graph_dtype}"
-
-    def format_table(self) -> str:
-        gemm_rows = [[_status(g.ready, g.skipped), g.module, g.name, _num(g.k), _num(g.n),
-                      ",".join(g.reasons) or "-", g.detail] for g in self.gemms]
-        attn_rows = [[_status(a.ready, False), a.module, a.name, _num(a.head_size),
-                      ",".join(a.reasons) or "-", a.detail] for a in self.attention]
-        parts = [f"GEMMs ({len(self.gemms)})",
-                 _table(["status", "module", "node", "K", "N", "reasons", "detail"], gemm_rows),
-                 "", f"Attention blocks ({len(self.attention)})",
-                 _table(["status", "module", "softmax", "head", "reasons", "detail"], attn_rows),
-                 "", f"Numeric problems ({len(self.numeric)})",
-                 _table(["reason", "tensor", "node", "detail"],
-                        [[r.reason, r.tensor, r.node or "-", r.detail] for r in self.numeric]),
-                 "", self.summary()]
-        return "\n".join(parts)
-
-    def to_dict(self) -> dict:
-        return {"ready": self.ready, "summary": self.summary(), "graph_dtype": self.graph_dtype,
-                "casts": self.casts,
-                "gemms": [dataclasses.asdict(g) for g in self.gemms],
-                "attention": [dataclasses.asdict(a) for a in self.attention],
-                "numeric": [dataclasses.asdict(r) for r in self.numeric],
-                **({"verify": self.verify} if self.verify is not None else {}),
-                "reasons": dict(REASONS)}
+from onnx_post.checker_attention import check_attention
+from onnx_post.checker_graph import (FLOAT_TYPES, FP8, GraphIndex, attr, dtype_name, find_attention_blocks,
+                                     function_models, module_of)
+from onnx_post.checker_load import InvalidModelError, NotOnnxModelError, UnloadableFileError, load_model  # noqa: F401
+from onnx_post.checker_numeric import check_numeric
+from onnx_post.checker_report import MIN_GEMM_DIM, REASONS, AttentionRow, GemmRow, Readiness  # noqa: F401
+from onnx_post.runtime import WRONG_ON_FP8
 
 
 def check_model(model_or_path: onnx.ModelProto | str | Path) -> Readiness:
-    """Check every MatMul/Gemm and every attention block of an ONNX model (or .onnx path)."""
-    model, base_dir = _load(model_or_path)
+    """Check every MatMul/Gemm and every attention block of an ONNX model (or .onnx path).
+
+    GEMMs and attention inside If/Loop/Scan bodies and model-local functions are checked too. A
+    file onnx.checker rejects raises InvalidModelError (checker_load.py says what else is refused).
+    """
+    model, base_dir = load_model(model_or_path)
     gi = GraphIndex(model, base_dir)
     fdtype = _graph_dtype(gi)
-    gemms = [check_gemm(gi, n, fdtype) for n in gi.nodes if n.op_type in ("MatMul", "Gemm")]
-    attention = [check_attention(gi, b) for b in find_attention_blocks(gi)]
-    casts = sum(n.op_type == "Cast" for n in gi.nodes)
-    return Readiness(gemms, attention, FLOAT_TYPES[fdtype], casts, check_numeric(gi))
+    indexes = [gi, *(GraphIndex(f, base_dir) for f in function_models(model))]
+    blocks = [(x, b) for x in indexes for b in find_attention_blocks(x)]
+    attention = [check_attention(x, b) for x, b in blocks]
+    # The two BMMs of a block left in float by design are skipped with it, not GEMMs that failed.
+    float_bmms = {id(n) for (_, b), row in zip(blocks, attention) if row.skipped for n in (b.bmm1, b.bmm2)}
+    gemms = [_float_bmm(x, n) if id(n) in float_bmms else check_gemm(x, n, fdtype)
+             for x in indexes for n in x.nodes if n.op_type in ("MatMul", "Gemm")]
+    casts = sum(n.op_type == "Cast" for x in indexes for n in x.nodes)
+    numeric = [r for x in indexes for r in check_numeric(x)]
+    return Readiness(gemms, attention, FLOAT_TYPES[fdtype], casts, numeric, notes=runtime_notes(indexes))
+
+
+def runtime_notes(indexes: list[GraphIndex]) -> list[str]:
+    """onnxruntime pitfalls of this file: a Relu feeding a QuantizeLinear is miscomputed by a default session."""
+    relu_q = sum(any(c.op_type == "QuantizeLinear" for c in x.consumers.get(n.output[0], []))
+                 for x in indexes for n in x.nodes if n.op_type == "Relu")
+    if not relu_q:
+        return []
+    return [f"{relu_q} Relu -> QuantizeLinear: onnxruntime's {WRONG_ON_FP8[0]} drops the Relu, which is wrong "
+            f"for signed FP8; run this file in onnxruntime with "
+            f"InferenceSession(..., disabled_optimizers={WRONG_ON_FP8!r}) (fxq and --verify do)"]
+
+
+def _float_bmm(gi: GraphIndex, node: onnx.NodeProto) -> GemmRow:
+    return GemmRow(node.name, module_of(node), False, ["head_size_out_of_window"], *_gemm_kn(gi, node),
+                   "BMM of an attention block left in float by design", skipped=True)
 
 
 def check_gemm(gi: GraphIndex, node: onnx.NodeProto, fdtype: int) -> GemmRow:
@@ -232,74 +142,6 @@ def _gemm_kn(gi: GraphIndex, node: onnx.NodeProto) -> tuple[int | None, int | No
     return (k if isinstance(k, int) else None), (n if isinstance(n, int) else None)
 
 
-def check_attention(gi: GraphIndex, blk: AttentionBlock) -> AttentionRow:
-    reasons: list[str] = []
-    notes: list[str] = []
-
-    def flag(code: str, note: str) -> None:
-        if code not in reasons:
-            reasons.append(code)
-        notes.append(note)
-
-    q, k = blk.bmm1.input[0], blk.bmm1.input[1]
-    v = blk.bmm2.input[1 - blk.probs_index]
-    for role, name in (("q", q), ("k", k), ("v", v)):
-        src = gi.producer.get(name)
-        if src is None or src.op_type != "DequantizeLinear" or gi.elem_type(src.input[0]) != FP8:
-            flag(f"{role}_not_fp8", f"{role}: from {gi.describe(name)}")
-        if src is not None and src.op_type == "Cast":
-            flag("cast_in_block", f"{role}: Cast before BMM{1 if role != 'v' else 2}")
-
-    for n in blk.before:
-        if n.op_type in ("Mul", "Div"):
-            flag("scale_after_bmm1", f"{n.op_type} by a constant between BMM1 and Softmax")
-    for n in blk.before + blk.after:
-        if n.op_type == "Cast":
-            flag("cast_in_block", f"Cast {n.name or '(unnamed)'} between BMM1 and BMM2")
-
-    # Softmax -> QuantizeLinear -> DequantizeLinear -> BMM2, nothing else in between
-    if [n.op_type for n in blk.after] != ["QuantizeLinear", "DequantizeLinear"]:
-        chain = " -> ".join(["Softmax", *(n.op_type for n in blk.after), "BMM2"])
-        flag("softmax_not_quantized", f"probs: {chain}")
-    quant = next((n for n in blk.after if n.op_type == "QuantizeLinear"), None)
-    if quant is not None:
-        scale = gi.value(quant.input[1])
-        if scale is None or scale.size != 1:
-            flag("softmax_scale_not_1_448", "probs scale not a constant scalar")
-        else:  # 1/448 rounded to the scale's dtype: fp16 (or bf16) rounding is fine
-            rtol = max(2.0 ** -10, float(ml_dtypes.finfo(scale.dtype).eps))
-            if not np.isclose(float(scale.reshape(-1)[0]), 1 / 448, rtol=rtol, atol=0):
-                flag("softmax_scale_not_1_448",
-                     f"probs scale {float(scale.reshape(-1)[0]):.6g}, want 1/448 = {1 / 448:.6g}")
-
-    head = _first_int(gi.dim(q, -1), gi.dim(k, -2), gi.dim(v, -1))
-    if head is None:
-        flag("head_size_unknown", "head size: no shape for Q, K or V")
-    elif not (16 <= head <= 256 and head % 8 == 0):
-        flag("head_size_out_of_window", f"head size {head}")
-    seq = [d for d in (gi.dim(q, -2), gi.dim(k, -1)) if isinstance(d, str)]
-    if seq:
-        flag("dynamic_seq_len", f"sequence dim {seq[0]!r}")
-
-    # BMM2 output -> (Transpose/Reshape) -> QuantizeLinear -> DequantizeLinear
-    through = {"Transpose", "Reshape", "Cast", "Identity"}
-    quant, path = walk_forward(gi, blk.bmm2.output[0], through, "QuantizeLinear")
-    out_q = quant is not None and any(
-        c.op_type == "DequantizeLinear" for c in gi.consumers.get(quant.output[0], []))
-    if not out_q:
-        uses = {c.op_type for c in gi.consumers.get(blk.bmm2.output[0], [])}
-        flag("output_not_quantized", f"output: to {','.join(sorted(uses)) or 'graph output'}")
-    if any(n.op_type == "Cast" for n in path):
-        flag("cast_in_block", "Cast between BMM2 and its output Q/DQ")
-
-    sm = blk.softmax
-    return AttentionRow(sm.name, module_of(sm), not reasons, reasons, head, "; ".join(notes))
-
-
-def _first_int(*dims):
-    return next((d for d in dims if isinstance(d, int)), None)
-
-
 def _graph_dtype(gi: GraphIndex) -> int:
     """The float dtype most GEMMs compute in (else most float tensors): what scales must match."""
     votes = [gi.elem_type(n.output[0]) for n in gi.nodes if n.op_type in ("MatMul", "Gemm")]
@@ -308,37 +150,3 @@ def _graph_dtype(gi: GraphIndex) -> int:
         names = [*gi.types, *gi.inits]
         votes = [t for t in map(gi.elem_type, names) if t in FLOAT_TYPES]
     return max(set(votes), key=votes.count) if votes else onnx.TensorProto.FLOAT
-
-
-def _load(model_or_path) -> tuple[onnx.ModelProto, str]:
-    if isinstance(model_or_path, onnx.ModelProto):
-        return model_or_path, ""
-    path = Path(model_or_path)
-    if path.is_dir():
-        raise IsADirectoryError(f"{path} is a directory")
-    if not path.exists():
-        raise FileNotFoundError(f"no such file: {path}")
-    # External weights stay on disk; the few small tensors we read (scales, zero points) are
-    # loaded on demand from base_dir.
-    model = onnx.load(str(path), load_external_data=False)
-    if not model.HasField("graph") and not model.opset_import:
-        raise NotOnnxModelError(f"{path} holds no ONNX graph")
-    check_external_data(model, str(path.parent))  # a truncated .data is an I/O error, not a graph finding
-    return model, str(path.parent)
-
-
-def _status(ready: bool, skipped: bool) -> str:
-    return "ready" if ready else ("skipped" if skipped else "NOT READY")
-
-
-def _num(x: int | None) -> str:
-    return "?" if x is None else str(x)
-
-
-def _table(header: list[str], rows: list[list[str]]) -> str:
-    if not rows:
-        return "(none)"
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip()
-             for r in [header, *rows]]
-    return "\n".join(lines)

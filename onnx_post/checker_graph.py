@@ -12,7 +12,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
-from onnx import TensorProto, numpy_helper
+from onnx import TensorProto
+
+from onnx_post.external_data import to_array
 
 FP8 = TensorProto.FLOAT8E4M3FN
 FLOAT_TYPES = {TensorProto.FLOAT: "float32", TensorProto.FLOAT16: "float16",
@@ -29,7 +31,7 @@ def dtype_name(elem_type: int | None) -> str:
 
 
 class GraphIndex:
-    """Producers, consumers, constants, dtypes and shapes of the top-level graph."""
+    """Producers, consumers, constants, dtypes and shapes of a graph and the subgraphs inside it."""
 
     def __init__(self, model: onnx.ModelProto, base_dir: str = ""):
         # data_prop resolves Reshape targets built from Shape ops (dynamic-shape exports).
@@ -39,9 +41,10 @@ class GraphIndex:
                 break
             except Exception:  # noqa: BLE001 - odd files: fall back to the written value_info
                 continue
-        g = model.graph
+        graphs = list(_graphs(model.graph))  # the main graph, then If/Loop/Scan bodies, depth first
         self.base_dir = base_dir  # where external data lives, loaded lazily for small tensors
-        self.nodes = list(g.node)
+        # One index over all of them: a subgraph reads outer tensors by name (names are unique per model).
+        self.nodes = [n for g in graphs for n in g.node]
         self.producer: dict[str, onnx.NodeProto] = {}
         self.consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
         for n in self.nodes:
@@ -50,9 +53,9 @@ class GraphIndex:
             for i in n.input:
                 if i:
                     self.consumers[i].append(n)
-        self.inits = {t.name: t for t in g.initializer}
+        self.inits = {t.name: t for g in graphs for t in g.initializer}
         self.types: dict[str, onnx.TypeProto] = {}
-        for v in [*g.input, *g.output, *g.value_info]:
+        for v in [x for g in graphs for x in (*g.input, *g.output, *g.value_info)]:
             if v.type.HasField("tensor_type"):
                 self.types.setdefault(v.name, v.type)
         # Constant-ness in one topological pass (ONNX requires sorted nodes); recursion would
@@ -114,7 +117,7 @@ class GraphIndex:
 
     def _value(self, name: str) -> np.ndarray | None:
         if name in self.inits:
-            return numpy_helper.to_array(self.inits[name], self.base_dir)
+            return to_array(self.inits[name], self.base_dir)
         n = self.producer.get(name)
         if n is None:
             return None
@@ -123,7 +126,7 @@ class GraphIndex:
         if n.op_type == "Constant":
             a = n.attribute[0]
             if a.name == "value":
-                return numpy_helper.to_array(a.t, self.base_dir)
+                return to_array(a.t, self.base_dir)
             if a.name in ("value_float", "value_int"):
                 return np.array(onnx.helper.get_attribute_value(a))
             if a.name in ("value_floats", "value_ints"):
@@ -149,6 +152,26 @@ class GraphIndex:
         if n is None:
             return "graph input"
         return n.op_type
+
+
+def _graphs(graph: onnx.GraphProto):
+    yield graph
+    for n in graph.node:
+        for a in n.attribute:
+            for sub in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
+                yield from _graphs(sub)
+
+
+def function_models(model: onnx.ModelProto) -> list[onnx.ModelProto]:
+    """Each model-local function's body as a model of its own (its names are local to it), to index and check."""
+    out = []
+    for f in model.functions:
+        untyped = onnx.helper.make_empty_tensor_value_info
+        g = onnx.helper.make_graph(list(f.node), f.name, [untyped(i) for i in f.input], [untyped(o) for o in f.output])
+        m = onnx.helper.make_model(g, opset_imports=[*model.opset_import, *f.opset_import], ir_version=model.ir_version)
+        m.functions.extend(x for x in model.functions if x is not f)
+        out.append(m)
+    return out
 
 
 def attr(node: onnx.NodeProto, name: str, default=None):

@@ -3,18 +3,17 @@
 A Q/DQ scale of 0 divides by zero; a subnormal scale is flushed to 0 by TensorRT's kernels; an FP8
 E4M3FN code 0x7F/0xFF is NaN; an FP16 weight past 65504 is inf. None of these change the graph's
 structure, so the structural checks cannot see them. Initializers are read straight from their
-bytes (external data memory-mapped), so a large model is scanned without copying it.
+bytes (external data memory-mapped, read only through onnx_post/external_data.py), so a large model is scanned without copying it.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import numpy as np
-import onnx
 from onnx import TensorProto
 
 from onnx_post.checker_graph import GraphIndex
+from onnx_post.external_data import read_bytes
 
 NUMERIC_REASONS: dict[str, str] = {
     "scale_zero": "A QuantizeLinear/DequantizeLinear scale is 0: x / 0 gives inf/NaN.",
@@ -36,11 +35,6 @@ _QDQ = ("QuantizeLinear", "DequantizeLinear")
 _VIEWS = {"Transpose", "Reshape", "Cast", "Identity", "Squeeze", "Unsqueeze", "Flatten"}
 _TINY = {TensorProto.FLOAT16: float(np.finfo(np.float16).tiny), TensorProto.FLOAT: float(np.finfo(np.float32).tiny),
          TensorProto.BFLOAT16: float(np.finfo(np.float32).tiny), TensorProto.DOUBLE: float(np.finfo(np.float64).tiny)}
-_BYTES = {TensorProto.FLOAT8E4M3FN: 1, TensorProto.FLOAT16: 2, TensorProto.BFLOAT16: 2, TensorProto.FLOAT: 4}
-
-
-class ExternalDataError(OSError):
-    """An initializer's external data file is missing or shorter than the model says."""
 
 
 @dataclass
@@ -51,37 +45,10 @@ class NumericRow:
     detail: str = ""
 
 
-def check_external_data(model: onnx.ModelProto, base_dir: str) -> None:
-    """Raise ExternalDataError unless every external initializer's bytes exist on disk."""
-    for t in model.graph.initializer:
-        if t.data_location != TensorProto.EXTERNAL:
-            continue
-        info = {e.key: e.value for e in t.external_data}
-        file = os.path.join(base_dir, info.get("location", ""))
-        offset = int(info.get("offset", 0))
-        length = int(info["length"]) if "length" in info else _nbytes(t)
-        if not os.path.isfile(file):
-            raise ExternalDataError(f"external data file {file} of tensor '{t.name}' does not exist")
-        size = os.path.getsize(file)
-        if length is not None and size < offset + length:
-            raise ExternalDataError(f"external data file {file} is truncated: tensor '{t.name}' needs bytes "
-                                    f"{offset}..{offset + length}, the file has {size}")
-
-
-def _nbytes(t: TensorProto) -> int | None:
-    per = _BYTES.get(t.data_type)
-    return None if per is None else per * int(np.prod(t.dims, dtype=np.int64))
-
-
 def _raw(t: TensorProto, base_dir: str) -> np.ndarray | None:
     """The tensor's stored bytes as uint8 (external data memory-mapped), or None if not stored raw."""
     if t.data_location == TensorProto.EXTERNAL:
-        info = {e.key: e.value for e in t.external_data}
-        length = int(info["length"]) if "length" in info else _nbytes(t)
-        if not length:
-            return np.zeros(0, np.uint8)
-        return np.memmap(os.path.join(base_dir, info["location"]), dtype=np.uint8, mode="r",
-                         offset=int(info.get("offset", 0)), shape=(length,))
+        return read_bytes(t, base_dir)
     if t.raw_data:
         return np.frombuffer(t.raw_data, dtype=np.uint8)
     return None

@@ -11,7 +11,10 @@ import re
 
 import numpy as np
 
+from onnx_post.runtime import onnx_session  # keeps onnxruntime's FP8-unsafe rewrites disabled
+
 SYMBOLIC_DIM = 2
+MAX_INPUT_BYTES = 1 << 30  # all random inputs together: enough for any real model's batch, never 100 GiB
 _NP = {"float": np.float32, "float16": np.float16, "double": np.float64, "int64": np.int64, "int32": np.int32,
        "int8": np.int8, "uint8": np.uint8, "bool": np.bool_}
 
@@ -22,26 +25,32 @@ class VerifyError(RuntimeError):
 
 def random_inputs(session, seed: int = 0) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
-    feed = {}
-    for i in session.get_inputs():
+    specs, total = [], 0
+    for i in session.get_inputs():  # sizes first: refuse before allocating anything
         m = re.fullmatch(r"tensor\((\w+)\)", i.type)
         dtype = _NP.get(m.group(1)) if m else None
         if dtype is None:
             raise VerifyError(f"input '{i.name}' has type {i.type}, which --verify cannot generate")
         shape = [d if isinstance(d, int) and d >= 0 else SYMBOLIC_DIM for d in (i.shape or [])]
+        nbytes = int(np.prod(shape, dtype=object)) * np.dtype(dtype).itemsize
+        total += nbytes
+        if total > MAX_INPUT_BYTES:
+            raise VerifyError(f"input '{i.name}' of shape {shape} ({m.group(1)}) takes {nbytes / 2**30:.1f} GiB; "
+                              f"--verify generates at most {MAX_INPUT_BYTES / 2**30:.0f} GiB of random inputs in all")
+        specs.append((i.name, dtype, shape))
+    feed = {}
+    for name, dtype, shape in specs:
         if np.issubdtype(dtype, np.floating):
-            feed[i.name] = rng.standard_normal(shape).astype(dtype)
-        elif dtype is np.bool_ or "mask" in i.name.lower():
-            feed[i.name] = np.ones(shape, dtype)
+            feed[name] = rng.standard_normal(shape).astype(dtype)
+        elif dtype is np.bool_ or "mask" in name.lower():
+            feed[name] = np.ones(shape, dtype)
         else:
-            feed[i.name] = np.zeros(shape, dtype)
+            feed[name] = np.zeros(shape, dtype)
     return feed
 
 
 def verify_outputs(path, seed: int = 0) -> dict:
     """{"ok", "inputs": {name: shape}, "outputs": {name: {"shape", "nonfinite", "size"}}}."""
-    from fxq.verify import onnx_session  # keeps onnxruntime's FP8-unsafe rewrites disabled
-
     try:
         sess = onnx_session(path)
     except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types

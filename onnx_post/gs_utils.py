@@ -3,13 +3,9 @@ from __future__ import annotations
 
 import itertools
 
-import ml_dtypes
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
-import torch
-
-FP8_MAX = 448.0
 
 
 def nodes_of(graph: gs.Graph, op: str) -> list[gs.Node]:
@@ -57,14 +53,6 @@ def is_zero_point_zero(node: gs.Node) -> bool:
         return True
     v = const_value(node.inputs[2])
     return v is not None and not np.any(v.astype(np.float32))
-
-
-def quantize_fp8(values: np.ndarray, scale: float | np.ndarray) -> np.ndarray:
-    """What QuantizeLinear (saturate=1) computes for FP8 E4M3, as an ml_dtypes array."""
-    x = torch.from_numpy(np.array(values, dtype=np.float32))
-    s = torch.from_numpy(np.array(scale, dtype=np.float32))
-    q = torch.clamp(x / s, -FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
-    return q.view(torch.uint8).numpy().view(ml_dtypes.float8_e4m3fn)
 
 
 def scale_like(value: float, like: np.ndarray | gs.Tensor) -> np.ndarray:

@@ -5,6 +5,7 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.logger import G_LOGGER
 
+from . import IR_VERSION
 from .passes.attention import move_scale_before_q, move_transpose_before_qdq
 from .passes.casts import fold_cast_round_trips, remove_noop_casts, remove_widening_round_trips
 from .passes.constants import fold_constant_weight_inputs
@@ -14,8 +15,6 @@ from .passes.weights import fold_weight_quantize, pretranspose_weights, unshare_
 from .skeleton import infer_shapes
 
 G_LOGGER.severity = G_LOGGER.ERROR  # its colour/FP8 warnings are noise for fxq users
-
-IR_VERSION = 10  # what the exporter writes; graphsurgeon would otherwise stamp a newer one
 
 PASSES = (
     fold_constant_weight_inputs,

@@ -12,7 +12,7 @@ SMALL_BYTES = 1024  # shape constants and scales are kept whole: data propagatio
 
 
 def skeleton(model: onnx.ModelProto, as_inputs: bool = False) -> onnx.ModelProto:
-    """A copy of `model` whose initializers above SMALL_BYTES have no data.
+    """A copy of `model` whose initializers above SMALL_BYTES (or stored outside it) have no data.
 
     as_inputs: declare them as graph inputs instead (what onnx.checker accepts: an initializer must
     hold data).
@@ -28,7 +28,7 @@ def skeleton(model: onnx.ModelProto, as_inputs: bool = False) -> onnx.ModelProto
     g.output.extend(src.output)
     g.value_info.extend(src.value_info)
     for t in src.initializer:
-        if t.ByteSize() <= SMALL_BYTES:
+        if t.ByteSize() <= SMALL_BYTES and t.data_location != onnx.TensorProto.EXTERNAL:
             g.initializer.append(t)
         elif as_inputs:
             g.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))

@@ -4,7 +4,7 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx import TensorProto, helper, numpy_helper
 
-from fxq.verify import onnx_session
+from onnx_post.runtime import onnx_session
 
 OPSET = 21
 FP16 = TensorProto.FLOAT16

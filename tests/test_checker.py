@@ -160,14 +160,14 @@ def attention_model(break_=None, head=32, seq=16, heads=4, shapes=True):
     Softmax (allowed).
     """
     b = Builder()
-    shape = ["B", heads, seq, head] if shapes else None
+    shape = ["B", heads, seq, head] if shapes else [None] * 4  # rank only: onnx.checker wants a shape field
     q_in, k_in, v_in = (b.input(n, shape) for n in ("q", "k", "v"))
     mask = b.input("mask", ["B", 1, 1, seq])
     scale = b.const(np.array(head ** -0.5, np.float16))
     q = b.op("Mul", [q_in, scale]) if break_ != "scale_after" else q_in
-    q = b.qdq(q) if break_ != "q" else q
+    q = b.qdq(q) if break_ not in ("q", "float") else q  # "float": the block as fxq leaves it (no FP8 MHA)
     kt = b.op("Transpose", [k_in], perm=[0, 1, 3, 2])  # K^T before its Q/DQ, as ModelOpt does
-    kt = b.qdq(kt) if break_ != "k" else kt
+    kt = b.qdq(kt) if break_ not in ("k", "float") else kt
     s = b.op("MatMul", [q, kt])  # BMM1: (B, H, T, T)
     if break_ == "scale_after":
         s = b.op("Mul", [s, scale])
@@ -180,9 +180,9 @@ def attention_model(break_=None, head=32, seq=16, heads=4, shapes=True):
         p = b.op("Cast", [b.op("Softmax", [b.op("Cast", [s], to=F32)], axis=-1)], to=F16)
     else:
         p = b.op("Softmax", [s], axis=-1)
-    if break_ != "softmax_q":
+    if break_ not in ("softmax_q", "float"):
         p = b.qdq(p, scale=1 / 256 if break_ == "softmax_scale" else 1 / 448)
-    v = b.qdq(v_in) if break_ != "v" else v_in
+    v = b.qdq(v_in) if break_ not in ("v", "float") else v_in
     o = b.op("MatMul", [p, v])  # BMM2: (B, H, T, hs)
     o = b.op("Transpose", [o], perm=[0, 2, 1, 3])
     o = b.op("Reshape", [o, b.const(np.array([0, 0, heads * head], np.int64))])
@@ -234,7 +234,7 @@ def test_dynamic_seq_len():
 
 def test_head_size_unknown_without_shapes():
     (blk,) = check_model(attention_model(shapes=False)).attention
-    assert (blk.reasons, blk.head_size) == (["head_size_unknown"], None)
+    assert (blk.reasons, blk.head_size) == (["head_size_unknown", "dynamic_seq_len"], None)  # seq unknown too
 
 
 def test_reasons_legend_covers_every_code():

@@ -214,8 +214,9 @@ def test_verify_int_inputs_get_valid_ids(tmp_path):
 
 
 def test_verify_unrunnable_file_exit_2(tmp_path, capsys):
-    m = qdq_gemm()
-    m.graph.node[3].op_type = "NoSuchOp"
+    m = qdq_gemm()  # valid for onnx.checker (it does not know the domain), no kernel in onnxruntime
+    m.graph.node[3].op_type, m.graph.node[3].domain = "NoSuchOp", "com.example"
+    m.opset_import.append(helper.make_opsetid("com.example", 1))
     p = tmp_path / "m.onnx"
     onnx.save(m, str(p))
     assert main([str(p), "--verify"]) == 2

@@ -129,6 +129,5 @@ def test_head_size_out_of_window_is_reported(tmp_path):
     gemv = sum(k.reason == "gemv" for k in qm.placement.skips)
     assert qm.placement.count("attn.q") == 0 and qm.placement.count("linear.weight") == qm.placement.gemms - gemv
     rep = check_model(qm.export_onnx(tmp_path / "m.onnx", dtype=torch.float16).path)
-    assert [a.reasons for a in rep.attention] == [
-        ["q_not_fp8", "k_not_fp8", "v_not_fp8", "softmax_not_quantized", "head_size_out_of_window"]] * 2
-    assert all(g.ready or g.skipped for g in rep.gemms if (g.k or 0) >= 16 and (g.n or 0) >= 16)
+    assert [(a.reasons, a.skipped) for a in rep.attention] == [(["head_size_out_of_window"], True)] * 2  # by design
+    assert rep.ready, rep.format_table()  # so `fxq check --strict` passes on fxq's own file

@@ -15,6 +15,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import fxq
 import fxq.lower  # noqa: F401  (loads the module; the attribute fxq.lower is the function)
+from fxq.graph_utils import attr_value
 
 L = sys.modules["fxq.lower"]
 aten = torch.ops.aten
@@ -195,11 +196,11 @@ def test_weight_fp8_takes_the_programs_fp8_codes_as_they_are():
     qm = quantize_tiny("mul_after")
     gm = qm.graph_module
     dq = next(n for n in gm.graph.find_nodes(op="call_function", target=L.DEQUANT) if n.args[0].op == "get_attr")
-    codes, scale = L._weight_fp8(gm, dq, torch.float16)
-    stored = L._attr(gm, dq.args[0].target)
+    codes, scale = L.weight_fp8(gm, dq, torch.float16)
+    stored = attr_value(gm, dq.args[0].target)
     assert codes.dtype == torch.float8_e4m3fn and torch.equal(codes.view(torch.uint8), stored.view(torch.uint8))
     assert scale == dq.args[1]
-    assert L._weight_fp8(gm, dq.args[0], torch.float16) is None  # the buffer itself is not a quantizer
+    assert L.weight_fp8(gm, dq.args[0], torch.float16) is None  # the buffer itself is not a quantizer
 
 
 def test_cast_literals_converts_fp32_literals_and_clamps_to_range():

@@ -7,6 +7,7 @@ from fxq import roles as R
 from fxq.attention import find_attention_blocks
 from fxq.capture import capture
 from fxq.placement import place
+from fxq.transforms import canonicalize
 from fxq.verify import compare
 from tiny_models import SCALE_AFTER_BMM1, SPELLINGS, TinyAttention, inputs_for
 
@@ -44,12 +45,11 @@ def test_fake_quant_stays_close_to_float(spelling):
 def test_scale_move_keeps_float_numerics():
     model = TinyAttention("mul_after").eval()
     x = inputs_for("mul_after")
-    gm = capture(model, x)
-    blocks = find_attention_blocks(gm)
-    from fxq.attention import move_scale_to_q
-
-    assert move_scale_to_q(gm, blocks) == 1
-    assert move_scale_to_q(gm, find_attention_blocks(gm)) == 0  # nothing left to move
+    gm = capture(model, x)  # capture moved the scale onto Q (fxq.transforms.canonicalize)
+    assert gm.meta["fxq_transforms"].scales_moved_to_q == 1
+    assert canonicalize(gm).scales_moved_to_q == 0  # nothing left to move
+    (block,) = find_attention_blocks(gm)
+    assert block.bmm1.args[0].target is torch.ops.aten.mul.Tensor  # BMM1 reads Q * c
     assert compare(model(*x), gm(*x))["max_abs"] < 1e-5
 
 

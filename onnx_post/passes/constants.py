@@ -10,6 +10,7 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx.reference import ReferenceEvaluator
 
+from .. import IR_VERSION
 from ..gs_utils import new_name, producer
 
 MAX_NODES = 8  # a weight's shape plumbing is a handful of ops; anything longer is left alone
@@ -34,7 +35,7 @@ def _constant_subgraph(t: gs.Tensor) -> list[gs.Node] | None:
 def _evaluate(graph: gs.Graph, nodes: list[gs.Node], t: gs.Tensor):
     sub = gs.Graph(nodes=list(nodes), inputs=[], outputs=[t], opset=graph.opset)
     model = gs.export_onnx(sub.toposort(), do_type_check=False)
-    model.ir_version = 10
+    model.ir_version = IR_VERSION
     del model.opset_import[:]
     model.opset_import.extend([onnx.helper.make_opsetid("", graph.opset)])
     return ReferenceEvaluator(model).run(None, {})[0]

@@ -5,8 +5,9 @@ import ml_dtypes
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from ..gs_utils import (const_value, is_zero_point_zero, new_name, nodes_of, only_consumer, quantize_fp8,
-                        replace_uses, set_input, set_shape)
+from .. import fp8
+from ..gs_utils import (const_value, is_zero_point_zero, new_name, nodes_of, only_consumer, replace_uses, set_input,
+                        set_shape)
 
 
 FLOAT_WEIGHTS = {np.dtype(np.float16), np.dtype(np.float32), np.dtype(ml_dtypes.bfloat16)}
@@ -27,10 +28,10 @@ def fold_weight_quantize(graph: gs.Graph) -> int:
             continue
         axis = q.attrs.get("axis", 1)
         s = scale if scale.size == 1 else np.expand_dims(scale, tuple(i for i in range(w.ndim) if i != axis % w.ndim))
-        fp8 = gs.Constant(new_name(graph, q.inputs[0].name + "_fp8"), quantize_fp8(w, s))
+        codes = gs.Constant(new_name(graph, q.inputs[0].name + "_fp8"), fp8.quantize(w, s))
         out = q.outputs[0]
         for dq in list(out.outputs):
-            dq.inputs[0] = fp8
+            dq.inputs[0] = codes
         q.outputs.clear()
         fired += 1
     return fired

@@ -1,0 +1,22 @@
+"""onnxruntime sessions that compute FP8 Q/DQ graphs correctly.
+
+onnxruntime's ReluQuantRewrite drops a Relu in front of QuantizeLinear. That is only valid for
+integer types whose zero point is the minimum; FP8 E4M3 is signed, so negatives leak through
+(T5's FFN: cosine 1.0 -> 0.81 against the torch model; a two-Linear ReLU MLP: 0.56). Every session
+onnx_post and fxq open goes through onnx_session, which disables it.
+"""
+from __future__ import annotations
+
+WRONG_ON_FP8 = ["ReluQuantRewrite"]  # onnxruntime graph rewrites that are wrong on FP8 Q/DQ graphs
+
+
+def onnx_session(path, optimize: bool = True):
+    """A CPU InferenceSession of a file path or serialised model bytes, FP8-unsafe rewrites disabled."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    if not optimize:
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    source = path if isinstance(path, bytes) else str(path)
+    return ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"], disabled_optimizers=WRONG_ON_FP8)

@@ -1,0 +1,75 @@
+"""onnxruntime's ReluQuantRewrite is wrong for signed FP8; onnx_post.runtime.onnx_session avoids it, and the
+checker says so (a note, not a readiness failure) wherever a Relu feeds a QuantizeLinear."""
+import numpy as np
+import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
+
+from onnx_post import fp8
+from onnx_post.check_cli import main
+from onnx_post.checker import check_model
+from onnx_post.runtime import WRONG_ON_FP8, onnx_session
+from tests.onnx_graphs import fp8_zero, model
+
+F32 = TensorProto.FLOAT
+
+
+def relu_mlp():
+    """x [32, 64] -> Q/DQ -> MatMul(W1 FP8) -> Relu -> Q/DQ -> MatMul(W2 FP8) -> y [32, 64]: fxq's two-Linear MLP."""
+    rng = np.random.default_rng(0)
+    inits = [fp8_zero()]
+    nodes = []
+    x = "x"
+    for i in (1, 2):
+        w = rng.standard_normal((64, 64)).astype(np.float32) * 0.2
+        ws = fp8.scale_from_amax(np.abs(w).max())
+        inits += [numpy_helper.from_array(fp8.quantize(w, ws), f"w{i}"),
+                  numpy_helper.from_array(np.array(ws, np.float32), f"ws{i}"),
+                  numpy_helper.from_array(np.array(fp8.scale_from_amax(4.0), np.float32), f"xs{i}")]
+        nodes += [helper.make_node("QuantizeLinear", [x, f"xs{i}", "zp"], [f"q{i}"]),
+                  helper.make_node("DequantizeLinear", [f"q{i}", f"xs{i}", "zp"], [f"d{i}"]),
+                  helper.make_node("DequantizeLinear", [f"w{i}", f"ws{i}", "zp"], [f"wd{i}"]),
+                  helper.make_node("MatMul", [f"d{i}", f"wd{i}"], [f"h{i}" if i == 1 else "y"], name=f"fc{i}")]
+        if i == 1:
+            nodes.append(helper.make_node("Relu", ["h1"], ["r1"], name="relu"))
+            x = "r1"
+    return model(nodes, [("x", F32, [32, 64])], [("y", F32, [32, 64])], inits)
+
+
+def _cosine(a, b):
+    a, b = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
+    return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+
+
+def test_default_session_drops_the_relu_and_onnx_session_does_not():
+    m = relu_mlp()
+    x = np.random.default_rng(1).standard_normal((32, 64)).astype(np.float32)
+    plain = ort.SessionOptions()
+    plain.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    reference = ort.InferenceSession(m.SerializeToString(), plain, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    default = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    fixed = onnx_session(m.SerializeToString()).run(None, {"x": x})[0]
+    assert _cosine(default, reference) < 0.8  # the Relu is gone: negatives reach fc2
+    assert np.array_equal(fixed, reference)
+    # and the reference is what the graph means: fp8 module math in numpy
+    h = np.maximum(fp8.quantize_dequantize(x, fp8.scale_from_amax(4.0)) @ _weight(m, 1), 0)
+    y = fp8.quantize_dequantize(h.astype(np.float32), fp8.scale_from_amax(4.0)) @ _weight(m, 2)
+    assert _cosine(y, reference) > 0.99999
+
+
+def _weight(m, i):
+    inits = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
+    return fp8.dequantize(inits[f"w{i}"], inits[f"ws{i}"])
+
+
+def test_checker_notes_relu_before_quantize_without_failing_readiness(tmp_path, capsys):
+    m = relu_mlp()
+    rep = check_model(m)
+    assert rep.ready and len(rep.notes) == 1
+    assert "1 Relu -> QuantizeLinear" in rep.notes[0] and f"disabled_optimizers={WRONG_ON_FP8!r}" in rep.notes[0]
+    p = tmp_path / "m.onnx"
+    p.write_bytes(m.SerializeToString())
+    assert main([str(p), "--strict"]) == 0
+    assert "ReluQuantRewrite" in capsys.readouterr().out
+    m.graph.node.remove([n for n in m.graph.node if n.op_type == "Relu"][0])
+    m.graph.node[4].input[0] = "h1"  # fc2's QuantizeLinear reads h1 directly: no note
+    assert check_model(m).notes == []
