@@ -31,7 +31,10 @@ class _Interrupted(BaseException):
 
 class _SignalGuard:
     def __init__(self):
-        self.hold = False  # True during the renames: remember the signal, act after
+        # True while the staging folder is made and during the renames: remember the signal, act after.
+        # It starts True, so a signal between installing the handler and knowing the folder's name
+        # cannot leave a folder behind that nobody knows to remove.
+        self.hold = True
         self.pending: int | None = None
         self.previous: dict[int, object] = {}
 
@@ -40,6 +43,13 @@ class _SignalGuard:
             self.pending = signum
             return
         raise _Interrupted(signum)
+
+    def release(self) -> None:
+        """Stop holding; a signal that came meanwhile is acted on now."""
+        self.hold = False
+        if self.pending is not None:
+            signum, self.pending = self.pending, None
+            raise _Interrupted(signum)
 
     def install(self) -> None:
         if threading.current_thread() is not threading.main_thread():
@@ -58,23 +68,46 @@ def _redeliver(signum: int) -> None:
     signal.raise_signal(signum)  # SIG_DFL ends the process here; Python's SIGINT handler raises KeyboardInterrupt
 
 
+def check_targets(path: str | os.PathLike, companions: Sequence[str] = ()) -> None:
+    """`path` and its companions can be replaced by files: none of them is a folder. Checked before
+    anything is written, so a write never stops half-way with the target already replaced."""
+    path = Path(path)
+    for target in [path, *(path.parent / c for c in companions)]:
+        if target.is_dir():
+            raise IsADirectoryError(f"cannot write {path}: {target} is a folder, where fxq must write a file; "
+                                    "fix: move that folder away or choose another output path")
+
+
+def _os_error(e: OSError, path: Path) -> OSError:
+    """The same OSError, naming the user's path instead of the hidden staging file."""
+    return type(e)(e.errno, f"cannot write {path}: {e.strerror or e}", str(path))
+
+
 @contextlib.contextmanager
 def staging(path: str | os.PathLike, companions: Sequence[str] = ()) -> Iterator[Path]:
     """Yield a staging folder; on success every file in it replaces the file of the same name next
     to `path`, `path` itself last. `companions` (e.g. 'model.onnx.data') that the write did not
     produce are removed from the target folder, so no stale file from an older write stays."""
     path = Path(path)
-    guard = _SignalGuard()
-    guard.install()
+    check_targets(path, companions)
+    guard = _SignalGuard()  # holds signals until the staging folder's name is known
     tmpdir, committed = None, False
     try:
-        tmpdir = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+        guard.install()
+        try:
+            tmpdir = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+        except OSError as e:
+            raise _os_error(e, path) from None
+        guard.release()
         yield tmpdir
         guard.hold = True
         written = [p for p in tmpdir.iterdir() if p.name != path.name]
-        for p in written:
-            os.replace(p, path.parent / p.name)
-        os.replace(tmpdir / path.name, path)
+        try:
+            for p in written:
+                os.replace(p, path.parent / p.name)
+            os.replace(tmpdir / path.name, path)
+        except OSError as e:
+            raise _os_error(e, path) from None
         committed = True
         produced = {p.name for p in written}
         for name in companions:

@@ -95,10 +95,15 @@ def export_args(inputs: Inputs, dynamic_batch: bool, dynamic_seq: bool = False) 
         return inputs, None
     batched = _batched(inputs)
     tensors = inputs.tensors()
+    _seq_dim = lambda t: t.dim() >= 2 and not t.is_floating_point()  # noqa: E731  token ids and masks
     if dynamic_batch:
         # torch.export specialises size-1 dims, so a dynamic batch is captured from an example of two.
         ids = {id(t) for i, t in enumerate(tensors) if i in batched and t.shape[0] == 1}
         inputs = inputs.map(lambda t: t.expand(2, *t.shape[1:]).clone() if id(t) in ids else t)
+        tensors = inputs.tensors()
+    if dynamic_seq:  # the same for a one-token sequence: a size-1 dim would stay static in silence
+        ids = {id(t) for i, t in enumerate(tensors) if i in batched and _seq_dim(t) and t.shape[1] == 1}
+        inputs = inputs.map(lambda t: t.expand(t.shape[0], 2, *t.shape[2:]).clone() if id(t) in ids else t)
         tensors = inputs.tensors()
     auto = torch.export.Dim.AUTO
     spec = {}
@@ -106,7 +111,7 @@ def export_args(inputs: Inputs, dynamic_batch: bool, dynamic_seq: bool = False) 
         dims = {}
         if dynamic_batch and i in batched:
             dims[0] = auto
-        if dynamic_seq and i in batched and t.dim() >= 2 and not t.is_floating_point():
+        if dynamic_seq and i in batched and _seq_dim(t):
             dims[1] = auto
         spec[id(t)] = dims or None
     dyn = lambda t: spec.get(id(t)) if isinstance(t, torch.Tensor) else None  # noqa: E731

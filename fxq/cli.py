@@ -55,7 +55,7 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--out", required=True, type=Path, help="ONNX file to write")
     q.add_argument("--save-calib", type=Path, metavar="JSON", help="save the calibration results")
     q.add_argument("--dtype", choices=sorted(DTYPES), default="fp16", help="graph dtype (default fp16)")
-    q.add_argument("--opset", type=int, default=21, help="ONNX opset (>= 19; default 21)")
+    q.add_argument("--opset", type=int, default=None, help="ONNX opset (>= 19; default 21, 23 for --dtype bf16)")
     q.add_argument("--static-batch", action="store_true", help="export a fixed batch size instead of a dynamic one")
     q.add_argument("--dynamic-seq", action="store_true",
                    help="text models: dynamic sequence length (TensorRT may not fuse FP8 attention then; see fxq check)")
@@ -83,7 +83,11 @@ def _check_arguments(args) -> None:
     """Everything that can be checked before loading a model or calibrating (fxq/validate.py)."""
     from . import validate
 
-    validate.opset(args.opset)
+    import torch
+
+    from .onnx_export import pick_opset
+
+    pick_opset(getattr(torch, DTYPES[args.dtype]), args.opset)  # bf16 needs opset >= 22
     validate.seq_len(args.seq_len)
     validate.output_path(args.out, "--out")
     if args.save_calib is not None:
@@ -188,7 +192,8 @@ def _quantize(args) -> int:
     with torch.no_grad():
         ref, fq = first_output(source.model(**eval_inputs)), first_output(qm(**eval_inputs))
     ort = torch.from_numpy(run_onnx(result.path, eval_inputs, dtype)[0]).float()
-    rows = [("FP8 torch (fake-quant)", compare(ref, fq)), (f"FP8 ONNX {args.dtype} (onnxruntime)", compare(ref, ort))]
+    ort_label = f"FP8 ONNX {args.dtype} (onnxruntime" + (", FP32 upcast copy)" if dtype == torch.bfloat16 else ")")
+    rows = [("FP8 torch (fake-quant)", compare(ref, fq)), (ort_label, compare(ref, ort))]
     if source.kind == "text":
         mask = eval_inputs["attention_mask"]
         e32 = sentence_embedding(ref, mask)

@@ -148,13 +148,17 @@ def _batches(data, device) -> list[Inputs]:
     return batches
 
 
+def fp8_gemms(placement: Placement) -> list[Group]:
+    """The GEMM groups that run in FP8: both operands (activation and weight) quantized."""
+    reads_act = {c for s in placement.sites if not s.is_weight for c in s.consumers}
+    reads_w = {c for s in placement.sites if s.is_weight for c in s.consumers}
+    return [g for g in placement.groups if g.kind == "gemm" and g.nodes[0] in reads_act & reads_w]
+
+
 def fp8_gemm_flop_share(placement: Placement) -> float:
     """The share of all GEMM FLOPs (per example batch) that run in FP8: both operands quantized."""
     total = sum(g.flops for g in placement.groups if g.kind == "gemm")
-    reads_act = {c for s in placement.sites if not s.is_weight for c in s.consumers}
-    reads_w = {c for s in placement.sites if s.is_weight for c in s.consumers}
-    fp8 = sum(g.flops for g in placement.groups if g.kind == "gemm" and g.nodes[0] in reads_act & reads_w)
-    return fp8 / total if total else 0.0
+    return sum(g.flops for g in fp8_gemms(placement)) / total if total else 0.0
 
 
 def fp8_attention_blocks(placement: Placement) -> int:

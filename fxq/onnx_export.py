@@ -14,13 +14,18 @@ import onnx_ir as ir
 import torch
 
 from . import validate
-from .atomic import staging
-from .graph_dtype import program_in_dtype
+from .atomic import check_targets, staging
+from .errors import InputError
+from .graph_dtype import program_in_dtype, scale_range
+from .onnx_names import output_names, rename_dims, rename_outputs
 from .insert import DEQUANT, DEQUANT_AXIS, QDQ
 from .memory import release_free_memory
 from onnx_post import IR_VERSION, fp8, skeleton
 
 DEFAULT_OPSET = 21  # onnxruntime computes fp16 Q/DQ in fp32 up to 21, as fxq's torch op does
+# Conv and Cos have no bfloat16 type before opset 22; 23 is the newest torch 2.13 exports.
+BF16_MIN_OPSET = 22
+BF16_DEFAULT_OPSET = 23
 # protobuf cannot serialise 2 GiB; leave headroom for the graph itself.
 EXTERNAL_DATA_BYTES = 2**31 - 2**26
 _TORCH = {ir.DataType.FLOAT: torch.float32, ir.DataType.FLOAT16: torch.float16, ir.DataType.BFLOAT16: torch.bfloat16}
@@ -126,17 +131,63 @@ def _save(model: onnx.ModelProto, path: Path) -> None:
     skeleton.check(model)
     with staging(path, companions=[path.name + ".data"]) as tmpdir:  # fxq/atomic.py: signal-safe rename
         tmp = tmpdir / path.name
-        onnx.save(model, tmp, save_as_external_data=external, all_tensors_to_one_file=True,
+        # format= explicitly: onnx.save would pick JSON or text protobuf from a .json/.txtpb suffix.
+        onnx.save(model, tmp, format="protobuf", save_as_external_data=external, all_tensors_to_one_file=True,
                   location=path.name + ".data")
 
 
-def export_onnx(qm, path, dtype: torch.dtype = torch.float16, opset: int = DEFAULT_OPSET,
+def pick_opset(dtype: torch.dtype, opset: int | None) -> int:
+    """The opset to export at: `opset` if given and able to carry dtype, else the dtype's default."""
+    if opset is None:
+        return BF16_DEFAULT_OPSET if dtype == torch.bfloat16 else DEFAULT_OPSET
+    validate.opset(opset)
+    if dtype == torch.bfloat16 and opset < BF16_MIN_OPSET:
+        raise InputError(f"bfloat16 export needs opset >= {BF16_MIN_OPSET} (Conv and Cos have no bfloat16 type "
+                         f"before it), got opset {opset}; fix: leave opset unset (bf16 picks {BF16_DEFAULT_OPSET}) "
+                         f"or pass opset={BF16_DEFAULT_OPSET}")
+    return opset
+
+
+def _onnx_path(path) -> Path:
+    """The output path, checked before any slow work: a writable file path, binary ONNX, and no
+    folder where the file or its .data companion must go."""
+    path = validate.output_path(path)
+    fmt = onnx.serialization.registry.get_format_from_file_extension(path.suffix)
+    if fmt not in (None, "protobuf"):
+        raise InputError(f"output {path} has the suffix '{path.suffix}', which names the {fmt} format; fxq writes "
+                         "binary ONNX, which TensorRT and onnxruntime load; fix: name the file *.onnx")
+    check_targets(path, [path.name + ".data"])
+    return path
+
+
+def check_graph_dtype(model: onnx.ModelProto, dtype: torch.dtype) -> None:
+    """Every float input, output and initializer is `dtype`: the file is in the dtype that was asked."""
+    want = {torch.float16: onnx.TensorProto.FLOAT16, torch.bfloat16: onnx.TensorProto.BFLOAT16,
+            torch.float32: onnx.TensorProto.FLOAT}[dtype]
+    floats = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16, onnx.TensorProto.DOUBLE}
+    g = model.graph
+    typed = [(v.name, v.type.tensor_type.elem_type) for v in [*g.input, *g.output]]
+    typed += [(t.name, t.data_type) for t in g.initializer]
+    wrong = [(n, onnx.TensorProto.DataType.Name(t)) for n, t in typed if t in floats and t != want]
+    if wrong:
+        raise InputError(f"the exported graph should be {dtype} but holds {len(wrong)} tensors of another float "
+                         f"dtype, e.g. {wrong[:3]}; nothing was written; fix: report this model to fxq, and export "
+                         "with dtype=torch.float32 meanwhile")
+
+
+def export_onnx(qm, path, dtype: torch.dtype = torch.float16, opset: int | None = None,
                 post_process: bool = True) -> ExportResult:
-    """Write `qm` as an ONNX file TensorRT can build a strongly typed FP8 engine from."""
+    """Write `qm` as an ONNX file TensorRT can build a strongly typed FP8 engine from.
+
+    opset None picks DEFAULT_OPSET, or BF16_DEFAULT_OPSET for bfloat16."""
     if dtype not in (torch.float16, torch.bfloat16, torch.float32):
         raise ValueError(f"dtype must be torch.float16, torch.bfloat16 or torch.float32, got {dtype}")
-    validate.opset(opset)
-    path = validate.output_path(path)
+    opset = pick_opset(dtype, opset)
+    path = _onnx_path(path)
+    tiny = scale_range(qm.program, dtype)
+    if tiny:
+        warnings.warn(f"fxq: {len(tiny)} FP8 scales are below {dtype}'s smallest normal and are stored as it "
+                      f"(coarser steps for those small tensors), e.g. {tiny[:3]}", stacklevel=3)
     seconds = {}
     t = time.perf_counter()
     ep = program_in_dtype(qm.program, dtype)
@@ -149,6 +200,7 @@ def export_onnx(qm, path, dtype: torch.dtype = torch.float16, opset: int = DEFAU
         )
         clean_up(program.model)
     model = ir.to_proto(program.model)
+    names = output_names(ep)
     del program, ep  # the ONNX proto holds the weights now
     release_free_memory()
     seconds["onnx_export"] = time.perf_counter() - t
@@ -159,6 +211,9 @@ def export_onnx(qm, path, dtype: torch.dtype = torch.float16, opset: int = DEFAU
         t = time.perf_counter()
         model, counts = pipeline.run_pipeline(model)
         seconds["post_process"] = time.perf_counter() - t
+    counts["rename_outputs"] = rename_outputs(model, names)
+    counts["rename_dims"] = rename_dims(model)
+    check_graph_dtype(model, dtype)
     model.ir_version = IR_VERSION
     t = time.perf_counter()
     _save(model, path)

@@ -33,10 +33,12 @@ class Report:
     def summary(self) -> str:
         p = self.placement
         roles = ", ".join(f"{r} {n}" for r, n in sorted(p.role_counts().items()))
-        quantized_gemms = p.gemms - sum(1 for k in p.skips if k.what == "gemm")
-        blocks_ok = p.attention_blocks - sum(1 for k in p.skips if k.what == "attention")
-        from .groups import fp8_gemm_flop_share
+        from .groups import fp8_attention_blocks, fp8_gemm_flop_share, fp8_gemms
 
+        # Counted from the sites, not from the skips: a GEMM whose input an override left in float
+        # is not skipped, and not quantized either.
+        quantized_gemms = len(fp8_gemms(p))
+        blocks_ok = fp8_attention_blocks(p)
         return (f"{len(p.sites)} FP8 quantizers ({roles}); GEMMs quantized {quantized_gemms}/{p.gemms} "
                 f"({100 * fp8_gemm_flop_share(p):.1f}% of GEMM FLOPs); "
                 f"attention blocks quantized {blocks_ok}/{p.attention_blocks}; skipped {len(p.skips)}")

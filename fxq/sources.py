@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -18,6 +19,12 @@ BUILTINS = {
     "vit-base": "ViT-base/16 from ViTConfig() with random weights (structure only)",
 }
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+# Images are shrunk to this side as they are read (4x the largest input size fxq's models take, 518),
+# so a folder of 50-megapixel photos costs megabytes, not gigabytes, before the model's own resize.
+MAX_IMAGE_SIDE = 2048
+MAX_IMAGE_PIXELS = 89_478_485  # PIL's own decompression-bomb bound (1024 * 1024 * 1024 // 4 // 3)
+# Files whose `auto_map` makes transformers offer to run Python shipped in the model folder.
+CODE_CONFIGS = ("config.json", "tokenizer_config.json", "preprocessor_config.json", "processor_config.json")
 
 
 @dataclass
@@ -61,6 +68,19 @@ def _vision_source(name, model, size, mean, std) -> Source:
     return Source(name, model, "vision", encode, lambda n: {"pixel_values": torch.randn(n, 3, size, size)})
 
 
+def refuse_remote_code(path: Path) -> None:
+    """A folder that ships its own model code (`auto_map`) is refused before transformers sees it:
+    fxq never runs a folder's code, as it never unpickles its weights."""
+    for name in CODE_CONFIGS:
+        if not (path / name).exists():
+            continue
+        doc = validate.json_file(path / name, "model file", FxqError, "save the model again with save_pretrained")
+        if isinstance(doc, dict) and "auto_map" in doc:
+            raise FxqError(f"{path / name} has 'auto_map': the folder ships Python code that transformers would run, "
+                           "and fxq never runs a model folder's code; fix: load the model where you trust that code "
+                           "and pass the nn.Module to fxq.quantize, or use a model transformers implements itself")
+
+
 def _from_folder(path: Path, seq_len: int, attn: str) -> Source:
     import transformers
 
@@ -68,18 +88,19 @@ def _from_folder(path: Path, seq_len: int, attn: str) -> Source:
         raise FxqError(f"{path} is not a Hugging Face model folder (no config.json); fix: pass a folder saved with "
                        f"save_pretrained, or a built-in name ({', '.join(BUILTINS)})")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    refuse_remote_code(path)
     validate.model_folder(path)  # safetensors only (never unpickle), and not truncated
-    cfg = transformers.AutoConfig.from_pretrained(path)
+    cfg = transformers.AutoConfig.from_pretrained(path, trust_remote_code=False)
     model = transformers.AutoModel.from_pretrained(path, attn_implementation=attn, dtype=torch.float32,
-                                                   use_safetensors=True).eval()
+                                                   use_safetensors=True, trust_remote_code=False).eval()
     size = getattr(cfg, "image_size", None)
     if isinstance(size, int) and not hasattr(cfg, "vocab_size"):
         mean, std = [0.5] * 3, [0.5] * 3
         if (path / "preprocessor_config.json").is_file():
-            proc = transformers.AutoImageProcessor.from_pretrained(path)
+            proc = transformers.AutoImageProcessor.from_pretrained(path, trust_remote_code=False)
             mean, std = list(proc.image_mean), list(proc.image_std)
         return _vision_source(path.name, model, size, mean, std)
-    tokenizer = transformers.AutoTokenizer.from_pretrained(path)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(path, trust_remote_code=False)
     return _text_source(path.name, model, tokenizer, seq_len)
 
 
@@ -111,9 +132,9 @@ def read_texts(path: Path) -> list[str]:
     return texts
 
 
-def read_images(folder: Path) -> list:
+def read_images(folder: Path, max_side: int = MAX_IMAGE_SIDE) -> list:
+    """HxWx3 uint8 arrays, each shrunk to at most `max_side` as it is read; bombs are refused."""
     from PIL import Image
-    import numpy as np
 
     if not folder.is_dir():
         raise FxqError(f"calibration image folder {folder} does not exist or is not a folder")
@@ -123,12 +144,36 @@ def read_images(folder: Path) -> list:
     images = []
     for p in files:
         try:
-            with Image.open(p) as im:
-                images.append(_rgb8(im))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # _bounded refuses those
+                with Image.open(p) as im:  # reads the header only
+                    images.append(_rgb8(_bounded(im, p, max_side)))
+        except Image.DecompressionBombError:  # PIL refuses > 2x its bound at open(), before _bounded sees it
+            raise _bomb(p) from None
         except (OSError, ValueError) as e:  # PIL.UnidentifiedImageError is an OSError
             raise FxqError(f"calibration image {p} cannot be read ({str(e).splitlines()[0] if str(e) else type(e).__name__});"
                            " fix: remove it or save it again as PNG/JPEG") from None
     return images
+
+
+def _bomb(p: Path, size: tuple[int, int] | None = None) -> FxqError:
+    what = f"declares {size[0]}x{size[1]} pixels" if size else "declares more pixels than PIL will decode"
+    return FxqError(f"calibration image {p} {what}, over the {MAX_IMAGE_PIXELS // 10**6} megapixel bound "
+                    "(a decompression bomb, or a scan far larger than any model input); fix: downscale it or remove it")
+
+
+def _bounded(im, p: Path, max_side: int):
+    """The image decoded at most `max_side` on its longer side. JPEG decodes at a reduced size
+    directly (draft); other formats are decoded once and shrunk before anything else is kept."""
+    if im.width * im.height > MAX_IMAGE_PIXELS:
+        raise _bomb(p, im.size)
+    if max(im.size) <= max_side:
+        return im
+    im.draft("RGB", (max_side, max_side))
+    if im.mode.startswith("I;16"):
+        im = im.convert("I")  # resizing has no 16-bit mode; "I" keeps the values (see _rgb8)
+    im.thumbnail((max_side, max_side))
+    return im
 
 
 def _rgb8(im) -> "np.ndarray":

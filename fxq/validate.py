@@ -9,14 +9,13 @@ from __future__ import annotations
 import inspect
 import json
 import math
-import os
 import struct
-import tempfile
 from numbers import Real
 from pathlib import Path
 from typing import Any, Mapping
 
 from .errors import CalibrationError, ConfigError, InputError
+from .validate_files import ECHO_CHARS, json_file, output_path, short  # noqa: F401  (fxq.validate is the one entry point)
 
 MIN_OPSET = 19  # first opset with FLOAT8E4M3FN QuantizeLinear/DequantizeLinear
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
@@ -32,16 +31,19 @@ def amax_dict(amax: Any, where: str) -> dict[str, float]:
     out = {}
     for key, v in amax.items():
         if not isinstance(key, str):
-            raise CalibrationError(f"{where}: amax key {key!r} is not a string; fix: keys are quantizer keys "
+            raise CalibrationError(f"{where}: amax key {short(key)} is not a string; fix: keys are quantizer keys "
                                    "such as 'encoder.layer.0.attention:attn.q'")
         if isinstance(v, bool) or not isinstance(v, Real):
-            raise CalibrationError(f"{where}: amax for '{key}' is {v!r}, not a number; fix: calibrate again "
+            raise CalibrationError(f"{where}: amax for {short(key)} is {short(v)}, not a number; fix: calibrate again "
                                    "(amax is the largest |value| the quantizer saw)")
         if not math.isfinite(float(v)) or v < 0:
-            raise CalibrationError(f"{where}: amax for '{key}' is {float(v)!r}; it must be finite and >= 0; fix: "
+            raise CalibrationError(f"{where}: amax for {short(key)} is {float(v)!r}; it must be finite and >= 0; fix: "
                                    "calibrate again (NaN/inf mean the calibration data or model produced them)")
         out[key] = float(v)
     return out
+
+
+CALIBRATION_KEYS = ("version", "model", "batches", "config", "amax", "fallback")  # what save_calibration writes
 
 
 def calibration_doc(doc: Any, where: str, version: int) -> dict:
@@ -54,7 +56,11 @@ def calibration_doc(doc: Any, where: str, version: int) -> dict:
                                "and 'amax'); fix: write one with save_calibration or --save-calib")
     batches = doc.get("batches", 0)
     if isinstance(batches, bool) or not isinstance(batches, int) or batches < 0:
-        raise CalibrationError(f"{where}: 'batches' must be a whole number >= 0, got {batches!r}")
+        raise CalibrationError(f"{where}: 'batches' must be a whole number >= 0, got {short(batches)}")
+    unknown = [k for k in doc if k not in CALIBRATION_KEYS]
+    if unknown:  # kept, they would be saved again with every re-save: refuse them instead
+        raise CalibrationError(f"{where} has unknown top-level keys {short(sorted(map(str, unknown)))}; it may hold "
+                               f"only {list(CALIBRATION_KEYS)}; fix: remove those keys, or calibrate again")
     return {**doc, "amax": amax_dict(doc["amax"], where), "batches": batches}
 
 
@@ -81,15 +87,21 @@ def _spec_dict(spec: Any, field: str) -> None:
         raise _type_error(field, "an object such as {\"calibrator\": \"max\"} or null", spec)
     for k, v in spec.items():
         if k not in _SPEC_FIELDS:
-            raise ConfigError(f"config field '{field}' has unknown key '{k}'; known keys: {sorted(_SPEC_FIELDS)}")
+            raise ConfigError(f"config field '{field}' has unknown key {short(k)}; known keys: {sorted(_SPEC_FIELDS)}")
         if isinstance(v, bool) or not isinstance(v, _SPEC_FIELDS[k]):
             raise _type_error(f"{field}.{k}", "a string" if k == "calibrator" else "a number", v)
 
 
-def config_dict(d: Any) -> None:
-    """The shape of a QuantConfig.to_dict() document; values are checked by the dataclasses."""
+def _role(role: Any) -> None:
     from . import roles as R
 
+    if not isinstance(role, str) or len(role) > ECHO_CHARS:  # never echo a megabyte key
+        raise ConfigError(f"unknown role {short(role)}; known roles: {', '.join(R.ALL_ROLES)}")
+    R.check_role(role)
+
+
+def config_dict(d: Any) -> None:
+    """The shape of a QuantConfig.to_dict() document; values are checked by the dataclasses."""
     if not isinstance(d, Mapping):
         raise ConfigError(f"a config must be a JSON object (QuantConfig.to_dict format), got {type(d).__name__}; "
                           "fix: start from fxq.preset('tensorrt-fp8').to_dict()")
@@ -99,7 +111,7 @@ def config_dict(d: Any) -> None:
     if not isinstance(roles, Mapping):
         raise _type_error("roles", "an object mapping role names to specs", roles)
     for role, spec in roles.items():
-        R.check_role(role)
+        _role(role)
         _spec_dict(spec, f"roles.{role}")
     overrides = d.get("overrides", [])
     if not isinstance(overrides, list):
@@ -118,22 +130,11 @@ def config_dict(d: Any) -> None:
         if not isinstance(o["roles"], Mapping):
             raise _type_error(f"overrides[{i}].roles", "an object mapping role names to specs", o["roles"])
         for role, spec in o["roles"].items():
-            R.check_role(role)
+            _role(role)
             _spec_dict(spec, f"overrides[{i}].roles.{role}")
     for name in _INT_FIELDS:
         if name in d and (isinstance(d[name], bool) or not isinstance(d[name], int)):
             raise _type_error(name, "a whole number", d[name])
-
-
-def json_file(path: Path, what: str, error: type[Exception], fix: str) -> Any:
-    """The JSON document in `path`; a missing or non-JSON file is one `error` that names it and the fix."""
-    path = Path(path)
-    if not path.is_file():
-        raise error(f"{what} {path} does not exist; fix: {fix}")
-    try:
-        return json.loads(path.read_bytes().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise error(f"{what} {path} is not valid JSON ({e}); fix: {fix}") from None
 
 
 def config_file(path: Path):
@@ -232,28 +233,6 @@ def opset(v: Any) -> int:
         raise InputError(f"opset {v} is not supported: FP8 QuantizeLinear needs opset >= {MIN_OPSET} and this "
                          f"torch.onnx exports up to opset {top}; fix: pass an opset in {MIN_OPSET}..{top} (default 21)")
     return v
-
-
-def output_path(path: Any, what: str = "output") -> Path:
-    """A file path fxq can write, checked before any slow work: not a folder, parent a writable folder."""
-    path = Path(path)
-    if path.is_dir():  # IsADirectoryError (an OSError) as open() would raise, with the fix
-        raise IsADirectoryError(f"{what} {path} is a directory; fix: give a file path such as {path / 'model.onnx'}")
-    ancestor = path.parent
-    while not ancestor.exists() and ancestor != ancestor.parent:
-        ancestor = ancestor.parent
-    if not ancestor.is_dir():
-        raise InputError(f"{what} {path} cannot be written: {ancestor} is a file, not a folder; "
-                         "fix: choose another output path")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".probe")
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as e:
-        raise InputError(f"{what} {path} cannot be written ({e.strerror or e}); "
-                         "fix: choose a folder you can write to") from None
-    return path
 
 
 def text_file(path: Path) -> str:

@@ -1,6 +1,10 @@
 """Numerics checks: compare tensors, and run an exported ONNX file in onnxruntime."""
 from __future__ import annotations
 
+import logging
+import tempfile
+from pathlib import Path
+
 import numpy as np
 import torch
 
@@ -47,9 +51,33 @@ def first_output(out):
     return first_output(out[0])
 
 
+UPCAST_NOTE = "verified on an FP32 upcast copy (onnxruntime's CPU provider has no BF16 DequantizeLinear)"
+
+
+def _runnable(path, tmpdir: Path):
+    """What onnxruntime can run for `path`: the file itself, or an FP32 upcast copy written in
+    `tmpdir` when it holds BF16 (fxq/upcast.py); the copy's weights go to a .data file, so models
+    past protobuf's 2 GiB work too. The upcast is logged with UPCAST_NOTE."""
+    import onnx
+
+    from .upcast import has_bf16, upcast_bf16
+
+    if isinstance(path, bytes) or not has_bf16(onnx.load(str(path), load_external_data=False)):
+        return path
+    model = onnx.load(str(path))  # with its weights: the copy must carry them
+    upcast_bf16(model)
+    logging.getLogger("fxq").info("fxq: %s %s", path, UPCAST_NOTE)
+    copy = tmpdir / "fp32_upcast.onnx"
+    onnx.save(model, copy, format="protobuf", save_as_external_data=True, location=copy.name + ".data")
+    return copy
+
+
 def run_onnx(path, example, dtype: torch.dtype = torch.float16, optimize: bool = True) -> list[np.ndarray]:
-    """Run the ONNX file on inputs given like fxq.quantize's example_inputs (float inputs cast to dtype)."""
-    sess = onnx_session(path, optimize)
+    """Run the ONNX file on inputs given like fxq.quantize's example_inputs (float inputs cast to dtype).
+
+    A BF16 file runs as an FP32 upcast copy (see _runnable), fed FP32 inputs."""
+    with tempfile.TemporaryDirectory(prefix="fxq-upcast-") as tmp:  # the session holds the copy once made
+        sess = onnx_session(_runnable(path, Path(tmp)), optimize)
     inputs = Inputs.of(example)
     tensors = list(inputs.args) + [inputs.kwargs[k] for k in inputs.kwargs]
     names = [i.name for i in sess.get_inputs()]

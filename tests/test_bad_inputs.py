@@ -244,7 +244,7 @@ def test_cli_model_folder_config_not_json(vit_folder, tmp_path, capsys):
     d = tmp_path / "model"
     shutil.copytree(vit_folder, d)
     (d / "config.json").write_text("{not json")
-    cli_error(capsys, quantize_argv(d, tmp_path, "--calib-synthetic", "2"), "config.json", "not a valid JSON file")
+    cli_error(capsys, quantize_argv(d, tmp_path, "--calib-synthetic", "2"), "config.json", "not valid JSON", "fix: save the model again")
 
 
 def test_cli_nan_weights_in_model_folder(tmp_path, capsys):
