@@ -84,6 +84,11 @@ def _fallback_entry(entry: Any, where: str) -> tuple[tuple[str, ...], dict[str, 
     return tuple(groups), {str(k): float(v) for k, v in gains.items()}
 
 
+def load_calibration(path) -> dict:
+    """A calibration file as its validated document (the dict form of Calibration.load(path))."""
+    return Calibration.load(path).to_dict()
+
+
 def save_calibration(path, amax: dict[str, float], model_name: str, config: dict, batches: int,
                      fallback_gains: dict[str, float] | None = None) -> None:
     """Write a calibration file (the fallback groups are config["fallback"])."""
