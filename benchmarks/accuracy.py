@@ -34,7 +34,6 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import fxq  # noqa: E402
 from fxq.groups import fp8_attention_blocks, fp8_gemm_flop_share  # noqa: E402
-from fxq.sensitivity import sensitivity_of  # noqa: E402
 from fxq.verify import first_output, onnx_session  # noqa: E402
 
 from benchmarks.probe import fit_linear_probe  # noqa: E402
@@ -372,7 +371,8 @@ def onnx_from(task: Task, device_dir: Path, out_dir: Path, rows_wanted: list[str
 
 def _sensitivity(task, qm, model, device, out_dir, secs, result, log):
     t = time.perf_counter()
-    sens = sensitivity_of(qm, model, [_to(b, device) for b in task.evals], progress=False)
+    sens = fxq.sensitivity(model, qm.example, None, [_to(b, device) for b in task.evals], config=qm.config,
+                           calibration=qm.calibration, progress=False)  # qm's calibration: no second pass
     secs["sensitivity"] = time.perf_counter() - t
     (out_dir / f"sensitivity_{task.name}.json").write_text(sens.to_json())
     (out_dir / f"sensitivity_{task.name}.txt").write_text(sens.table())

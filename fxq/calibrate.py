@@ -8,14 +8,15 @@ from tqdm.auto import tqdm
 
 from .capture import Inputs
 from .errors import CalibrationError
-from .observers import AmaxObserver, check_finite
+from .observers import AmaxObserver, check_finite, warn_dominant_batches
 
 
 def _structure(inputs: Inputs) -> tuple:
     return len(inputs.args), tuple(sorted(inputs.kwargs))
 
 
-def _device_of(module: torch.nn.Module) -> torch.device:
+def device_of(module: torch.nn.Module) -> torch.device:
+    """The device of a module's first parameter or buffer (CPU for a module without state)."""
     for t in list(module.parameters()) + list(module.buffers()):
         return t.device
     return torch.device("cpu")
@@ -28,7 +29,7 @@ def run_calibration(
     example: Inputs,
     progress: bool = True,
 ) -> int:
-    """Feed every batch of `data` to `gm`. Returns the number of batches seen."""
+    """Feed every batch of `data` to `gm`, in one pass (a generator is read once). Returns the number of batches seen."""
     if isinstance(data, (torch.Tensor, dict)) or hasattr(data, "keys"):
         data = [data]  # one batch given directly
     try:
@@ -37,7 +38,7 @@ def run_calibration(
         raise CalibrationError(
             f"calibration data must be an iterable of batches (tensors, tuples or dicts), got {type(data).__name__}"
         ) from None
-    device = _device_of(gm)
+    device = device_of(gm)
     expected = _structure(example)
     seen = 0
     total = len(data) if hasattr(data, "__len__") else None
@@ -48,6 +49,7 @@ def run_calibration(
                 inputs = Inputs.of(batch)
             except TypeError as e:
                 raise CalibrationError(f"calibration batch {seen}: {e}") from None
+            _refuse_empty(inputs, seen)
             if _structure(inputs) != expected:
                 raise CalibrationError(
                     f"calibration batch {seen} has {_describe(inputs)} but the example inputs have "
@@ -64,8 +66,21 @@ def run_calibration(
                 ) from e
             check_finite(observers.values(), seen)
     if seen == 0:
-        raise CalibrationError("calibration data is empty; fix: pass at least one batch (a few hundred samples is typical)")
+        once = " (a generator or iterator yields its batches once: was it used up already?)" if iterator is data else ""
+        raise CalibrationError(f"calibration data is empty{once}; fix: pass at least one batch (a few hundred "
+                               "samples is typical)")
+    warn_dominant_batches(observers.values())
     return seen
+
+
+def _refuse_empty(inputs: Inputs, batch: int) -> None:
+    """A zero-size tensor would "calibrate" its sites to amax 0."""
+    named = [(f"positional input {i}", a) for i, a in enumerate(inputs.args)]
+    named += [(f"input {str(k)[:80]!r}", v) for k, v in inputs.kwargs.items()]
+    for name, t in named:
+        if isinstance(t, torch.Tensor) and t.numel() == 0:
+            raise CalibrationError(f"calibration batch {batch}: {name} is empty (shape {tuple(t.shape)}); fix: "
+                                   "drop empty batches from the calibration data")
 
 
 def _describe(inputs: Inputs) -> str:

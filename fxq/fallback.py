@@ -7,23 +7,26 @@ candidate is re-measured until the best score is a fresh one), so a step costs a
 evaluations rather than one per group. A final pass puts back into FP8 any earlier choice the
 budget no longer needs, largest first.
 
-The result is data: the chosen group ids go into QuantConfig.fallback, and the placement skips
+The search runs on the fake-quant view of the calibrated float program (fxq/fake_quant_view.py);
+fxq.quantize then places again on that same program. The result is data: the chosen group ids go
+into QuantConfig.fallback, and the placement skips
 them with reason "fallback" (a skipped attention block keeps none of its q/k/v/probs Q/DQ; a
 skipped GEMM reads its LayerNorm's raw output while the LayerNorm's other readers keep the
 shared Q/DQ), so a saved calibration file reproduces the same graph.
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass, field
 from numbers import Real
-from typing import Any, Mapping
+from typing import Any
 
 from tqdm.auto import tqdm
 
 from .errors import ConfigError
+from .fake_quant_view import FakeQuantView
 from .groups import Evaluator, Switch, check_metric, group_edges
+from .placement import Placement
 
 KINDS = ("attention", "gemm")
 
@@ -82,20 +85,13 @@ class FallbackPlan:
         return tuple(c.group for c in self.choices)
 
 
-def search(qm, fallback: Fallback, model, progress: bool = True) -> FallbackPlan:
-    """Choose the groups of `qm` (quantized from the float `model`) to leave in float so that the
-    metric is <= fallback.max_error."""
-    switch = Switch(qm.graph_module, model)
-    try:
-        return _search(qm, fallback, model, switch, progress)
-    finally:
-        switch.close()
-
-
-def _search(qm, fallback: Fallback, model, switch: Switch, progress: bool) -> FallbackPlan:
-    gm = qm.graph_module
-    evaluator = Evaluator(model, gm, fallback.eval_data, fallback.metric)
-    candidates = {ge.group.id: ge for ge in group_edges(gm, qm.placement, kinds=fallback.kinds)
+def search(view: FakeQuantView, evaluator: Evaluator, placement: Placement, fallback: Fallback,
+           progress: bool = True) -> FallbackPlan:
+    """Choose the groups of `placement` to leave in float so that the metric is <= fallback.max_error,
+    measured on the fake-quant `view` by `evaluator` (its references: the float program's outputs)."""
+    switch = Switch(view)
+    gm = view.module
+    candidates = {ge.group.id: ge for ge in group_edges(gm, placement, kinds=fallback.kinds)
                   if ge.group.flops > 0}
     base = current = evaluator.measure()
     plan = FallbackPlan(base, base, fallback.max_error)
@@ -142,32 +138,3 @@ def _search(qm, fallback: Fallback, model, switch: Switch, progress: bool) -> Fa
     bar.close()
     plan.final, plan.evaluations = current, evaluator.calls
     return plan
-
-
-def apply_fallback(qm, fallback: Fallback, model, rebuild, progress: bool = True):
-    """Search on `qm`, then `rebuild(config)` the quantized model whose placement skips the chosen
-    groups (same calibration: QuantConfig.fallback keeps every other site's key)."""
-    if not isinstance(fallback, Fallback):
-        raise TypeError(f"fallback must be a fxq.Fallback(eval_data, max_error), got {type(fallback).__name__}")
-    plan = search(qm, fallback, model, progress)
-    if not plan.choices:
-        qm.fallback_plan = plan
-        return qm
-    new = rebuild(dataclasses.replace(qm.config, fallback=tuple(dict.fromkeys(qm.config.fallback + plan.groups))))
-    new.fallback_gains = {**qm.fallback_gains, **{c.group: c.gain for c in plan.choices}}
-    new.fallback_plan = plan
-    return new
-
-
-def saved_fallback(config, calibration) -> tuple[Any, dict[str, float]]:
-    """(config, gains): a saved calibration's fallback applies again unless the config names its own."""
-    if calibration is None:
-        return config, {}
-    from . import calib_io
-
-    doc = calibration if isinstance(calibration, Mapping) else calib_io.load_calibration(calibration)
-    saved = doc.get("fallback") or {}
-    groups, gains = tuple(saved.get("groups", ())), dict(saved.get("gains", {}))
-    if groups and not config.fallback:
-        config = dataclasses.replace(config, fallback=groups)
-    return config, (gains if config.fallback == groups else {})

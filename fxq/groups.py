@@ -2,11 +2,11 @@
 
 Sensitivity and fallback both ask "what is the error with these groups left in float?" many
 times. Re-capturing and re-calibrating for each answer would take minutes per question, so this
-module edits the one quantized graph instead: a group is left in float by making its consumers
-read the float tensor instead of the quantizer node (an fp8_qdq's input; for an FP8 weight read
-through fp8_dequant, the source model's float weight, attached to the graph once), and restored
-by putting the saved args back. Calibration results are unchanged by this (observers run on the
-float graph), so the answer is the one a fresh placement without that group would give.
+module edits one fake-quant view of the calibrated program (fxq/fake_quant_view.py) instead: a
+group is left in float by making its consumers read the float node its quantizers stand for (the
+view records it), and restored by putting the saved args back. Calibration results are unchanged
+by this (observers run on the float graph), so the answer is the one a fresh placement without
+that group would give.
 """
 from __future__ import annotations
 
@@ -18,8 +18,9 @@ from typing import Callable, Iterable
 import torch
 from torch.fx import GraphModule, Node
 
-from .calibrate import _device_of
+from .calibrate import device_of
 from .capture import Inputs
+from .fake_quant_view import FakeQuantView
 from .placement import Group, Placement
 from .verify import first_output
 
@@ -77,32 +78,16 @@ def group_edges(gm: GraphModule, placement: Placement, kinds=("attention", "gemm
     return out
 
 
-_FLOAT_PREFIX = "fxq_float_weight_"
-
-
 class Switch:
-    """Leave sets of edges of `gm` in float, temporarily; `close()` removes what it attached."""
+    """Leave sets of (quantizer, consumer) edges of a fake-quant view in float, temporarily.
 
-    def __init__(self, gm: GraphModule, model: torch.nn.Module):
-        self.gm = gm
-        self.state = {**dict(model.named_buffers(remove_duplicate=False)),
-                      **dict(model.named_parameters(remove_duplicate=False))}
-        self.float_of: dict[Node, Node] = {}
+    A consumer is rewired to the float node its quantizer stands for (FakeQuantView.float_of: the
+    fp8_qdq's input, or the program's own float weight), and restored from its saved args after.
+    """
 
-    def _float(self, q: Node) -> Node:
-        codes = q.args[0]
-        stored = isinstance(codes, Node) and codes.op == "get_attr" and str(codes.target).endswith("_fp8")
-        if not stored:
-            return codes  # fp8_qdq(x, scale): x is the float tensor
-        if q not in self.float_of:  # fp8_dequant(codes, ...) of a stored FP8 weight: the source's float weight
-            name = str(codes.target).removesuffix("_fp8")
-            if name not in self.state:
-                raise RuntimeError(f"no float weight {name!r} in the source model for quantizer {q.meta['fxq_site']}")
-            attr = f"{_FLOAT_PREFIX}{len(self.float_of)}"
-            self.gm.register_buffer(attr, self.state[name].detach(), persistent=False)
-            with self.gm.graph.inserting_before(next(iter(self.gm.graph.nodes))):
-                self.float_of[q] = self.gm.graph.get_attr(attr)
-        return self.float_of[q]
+    def __init__(self, view: FakeQuantView):
+        self.gm = view.module
+        self.float_of = view.float_of
 
     @contextlib.contextmanager
     def floated(self, edges: Iterable[tuple[Node, Node]]):
@@ -110,7 +95,7 @@ class Switch:
         for q, c in edges:
             if c not in saved:
                 saved[c] = (c.args, c.kwargs)
-            c.replace_input_with(q, self._float(q))
+            c.replace_input_with(q, self.float_of[q])
         self.gm.recompile()
         try:
             yield
@@ -119,23 +104,21 @@ class Switch:
                 c.args, c.kwargs = args, kwargs
             self.gm.recompile()
 
-    def close(self) -> None:
-        for i, node in enumerate(self.float_of.values()):
-            self.gm.graph.erase_node(node)
-            delattr(self.gm, f"{_FLOAT_PREFIX}{i}")
-        self.float_of = {}
-        self.gm.recompile()
+    def all_edges(self) -> list[tuple[Node, Node]]:
+        """Every quantizer edge: floating them all gives the float program."""
+        return [(q, c) for q in self.float_of for c in list(q.users)]
 
 
 class Evaluator:
-    """Float reference outputs computed once; `measure()` averages the metric over the eval batches."""
+    """Reference outputs computed once (from `reference`: the float program, or any float module);
+    `measure()` averages the metric of `gm` against them over the eval batches."""
 
-    def __init__(self, model: torch.nn.Module, gm: GraphModule, eval_data, metric: Metric | None):
+    def __init__(self, reference: torch.nn.Module, gm: GraphModule, eval_data, metric: Metric | None):
         self.gm = gm
         self.metric = check_metric(metric)
-        self.batches = _batches(eval_data, _device_of(gm))
+        self.batches = _batches(eval_data, device_of(gm))
         with torch.no_grad():
-            self.refs = [b.call(model) for b in self.batches]
+            self.refs = [b.call(reference) for b in self.batches]
         self.calls = 0
 
     def measure(self) -> float:

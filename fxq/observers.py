@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 
@@ -12,6 +13,7 @@ class AmaxObserver(torch.nn.Module):
     """Running max |x| kept on the tensor's device (no host sync per call).
 
     NaN/inf propagate into amax; check_finite() (once per batch, for all observers) refuses them.
+    Each call's max is kept too (one scalar per batch), for warn_dominant_batches().
     """
 
     def __init__(self, key: str):
@@ -19,15 +21,18 @@ class AmaxObserver(torch.nn.Module):
         self.key = key
         self.register_buffer("amax", torch.zeros(()), persistent=False)
         self.batches = 0
+        self.batch_max: list[torch.Tensor] = []
 
     def _abs(self, x: torch.Tensor) -> torch.Tensor:
-        return x.detach().abs().float()
+        a = x.detach().abs().float()
+        self.batch_max.append(a.max() if a.numel() else torch.zeros((), device=a.device))
+        self.batches += 1
+        return a
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         a = self._abs(x)
         if a.numel():
             self.amax = torch.maximum(self.amax.to(a.device), a.max())  # NaN propagates
-        self.batches += 1
         return x
 
     def result(self) -> float:
@@ -46,7 +51,6 @@ class PercentileObserver(AmaxObserver):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         a = self._abs(x)
-        self.batches += 1
         if not a.numel():
             return x
         m = float(a.max())
@@ -94,3 +98,33 @@ def check_finite(observers, batch: int) -> None:
         f"non-finite values (NaN or inf) reached quantizer '{bad.key}' during calibration batch {batch}; "
         "fix: check the calibration data (normalisation, padding) or the model in float first"
     )
+
+
+DOMINANCE = 1e3  # one batch's max this many times all the others' max: "orders of magnitude"
+
+
+def warn_dominant_batches(observers) -> list[str]:
+    """Warn, naming the tensor and the batch, where one calibration batch alone set amax by orders of magnitude.
+
+    A warning rather than an error: a real rare activation (an outlier feature a few tokens show) is
+    legitimate data, and refusing it would block calibrating such models; but a corrupt or unnormalised
+    batch looks the same, and its amax flushes every other value of that tensor to zero in FP8, so the
+    user must hear of it. Returns the quantizer keys warned about.
+    """
+    found = []
+    for o in observers:
+        if len(o.batch_max) < 2:
+            continue
+        maxima = torch.stack([m.to(o.batch_max[0].device) for m in o.batch_max]).double()
+        top = int(torch.argmax(maxima))
+        rest = float(torch.cat([maxima[:top], maxima[top + 1:]]).max())
+        if rest > 0 and float(maxima[top]) >= DOMINANCE * rest:
+            found.append((o.key, top + 1, float(maxima[top]), rest, len(o.batch_max) - 1))
+    if found:
+        key, batch, top, rest, others = found[0]
+        more = f" (and {len(found) - 1} more tensors)" if len(found) > 1 else ""
+        warnings.warn(f"calibration batch {batch} alone sets the amax of '{key}' to {top:.3g}, {top / rest:.3g}x the "
+                      f"largest of the other {others} batches ({rest:.3g}){more}: in FP8 the rest of that tensor "
+                      "flushes to zero; fix: check that batch (outliers, normalisation, padding) or use "
+                      "calibrator='percentile'", UserWarning, stacklevel=3)
+    return [f[0] for f in found]

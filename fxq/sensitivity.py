@@ -2,17 +2,21 @@
 
 Groups are each attention block (its q, k, v and probs quantizers together), each GEMM (its
 input and weight quantizers) and each LayerNorm output (the one shared quantizer of its Q/K/V or
-FC1 readers). Calibration runs once; every group is then measured on the same quantized graph
-(fxq/groups.py switches it), against float outputs computed once.
+FC1 readers). Capture and calibration run once; every group is then measured on one fake-quant
+view of the calibrated program (fxq/groups.py switches it), against that program's float outputs,
+computed once.
 """
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import asdict, dataclass, field
 
 from tqdm.auto import tqdm
 
+from .fake_quant_view import fake_quant_view
 from .groups import Evaluator, GroupEdges, Switch, group_edges
+from .pipeline import Request, StageClock, calibrated
 
 
 @dataclass
@@ -110,36 +114,25 @@ def measure_groups(switch: Switch, evaluator: Evaluator, groups: list[GroupEdges
     return out
 
 
-def sensitivity(model, example_inputs, calib_data, eval_data, *, config=None, metric=None, progress: bool = True):
+def sensitivity(model, example_inputs, calib_data, eval_data, *, config=None, metric=None, progress: bool = True,
+                calibration=None):
     """Rank attention blocks, GEMMs and LayerNorm outputs by what leaving each alone in float gains.
 
+    Captures and calibrates once (calib_data, or a saved calibration=), then measures each group on
+    the fake-quant view of the calibrated program against that program's float outputs.
     metric(reference_output, quantized_output) -> float, lower is better, averaged over the
     batches of eval_data; the default is 1 - cosine of the first output. Returns a
     SensitivityResult with .table(), .to_json() and .plot(path).
     """
-    import time
-
-    from .quantize import quantize
-
     t0 = time.perf_counter()
-    qm = quantize(model, example_inputs, calib_data, config, progress=progress)
-    return sensitivity_of(qm, model, eval_data, metric=metric, progress=progress, t0=t0)
-
-
-def sensitivity_of(qm, model, eval_data, *, metric=None, progress: bool = True, t0: float | None = None):
-    """Sensitivity of `qm` (an fxq.QuantizedModel of the float `model`)."""
-    import time
-
-    t0 = time.perf_counter() if t0 is None else t0
-    evaluator = Evaluator(model, qm.graph_module, eval_data, metric)
-    groups = group_edges(qm.graph_module, qm.placement)
+    cal = calibrated(Request.check(model, example_inputs, calib_data, config, calibration, progress=progress),
+                     StageClock())
+    view = fake_quant_view(cal.program, cal.placement, cal.calibration.amax, cal.codes)
+    evaluator = Evaluator(cal.program.module(), view.module, eval_data, metric)
+    groups = group_edges(view.module, cal.placement)
     baseline = evaluator.measure()
-    switch = Switch(qm.graph_module, model)
-    try:
-        values = measure_groups(switch, evaluator, groups, progress)
-    finally:
-        switch.close()
-    shares = flop_shares(groups, qm.placement)
+    values = measure_groups(Switch(view), evaluator, groups, progress)
+    shares = flop_shares(groups, cal.placement)
     name = "1 - cosine" if metric is None else getattr(metric, "__name__", "metric")
     rows = [Row(ge.group.id, ge.group.kind, ge.group.module, values[ge.group.id], baseline - values[ge.group.id],
                 *shares[ge.group.id]) for ge in groups]

@@ -162,3 +162,21 @@ def test_program_in_dtype_refuses_non_float_targets():
     for bad in (torch.int8, torch.float8_e4m3fn):
         with pytest.raises(ValueError, match="cannot convert a program to"):
             program_in_dtype(qm.program, bad)
+
+
+def test_one_torch_export_with_fallback_and_the_same_result_as_placing_its_choice(monkeypatch):
+    from sensitive_models import data, two_blocks
+
+    m, example, calib, evals = two_blocks(sensitive=("a",)), data(1, 2)[0], data(2), data(2, seed=2)
+    calls = _count_exports(monkeypatch)
+    qm = fxq.quantize(m, example, calib, fallback=fxq.Fallback(evals, max_error=4e-4), progress=False)
+    assert calls == ["TwoBlocks"]  # the search and the second placement reuse the one captured program
+    assert qm.fallback_plan.groups == ("a:attention",) and qm.config.fallback == ("a:attention",)
+    assert list(qm.seconds) == ["capture", "place", "calibrate", "fallback", "convert"]
+    direct = fxq.quantize(m, example, calib, fxq.QuantConfig(fallback=("a:attention",)), progress=False)
+    assert qm.placement.keys() == direct.placement.keys() and qm.placement.skips == direct.placement.skips
+    assert {k: qm.amax[k] for k in direct.amax} == direct.amax  # qm keeps the skipped block's amax too, as before
+    x = data(1, seed=7)[0]
+    assert torch.equal(qm(x), direct(x))
+    for name, t in direct.program.state_dict.items():
+        assert torch.equal(qm.program.state_dict[name].view(torch.uint8), t.view(torch.uint8)), name

@@ -48,20 +48,33 @@ def test_table_json_and_plot(result, tmp_path):
     assert (tmp_path / "sens.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def _view(m, calib):
+    from fxq.fake_quant_view import fake_quant_view
+    from fxq.pipeline import Request, StageClock, calibrated
+
+    cal = calibrated(Request.check(m, data(1, 2)[0], calib, progress=False), StageClock())
+    return cal, fake_quant_view(cal.program, cal.placement, cal.calibration.amax, cal.codes)
+
+
 def test_switch_restores_the_graph_exactly():
     m = two_blocks(sensitive=())
+    cal, view = _view(m, data(1))
     qm = fxq.quantize(m, data(1, 2)[0], data(1), progress=False)
     x = data(1, seed=3)[0]
-    before = qm(x)
-    groups = group_edges(qm.graph_module, qm.placement)
-    switch = Switch(qm.graph_module, m)
-    with switch.floated([e for g in groups for e in g.edges]):
-        floated = qm(x)
-    torch.testing.assert_close(floated, m(x), rtol=0, atol=0)  # every group in float = the float model
-    assert torch.equal(qm(x), before)
-    switch.close()
-    assert not [n for n in qm.graph_module.graph.nodes if n.op == "get_attr" and "fxq_float" in str(n.target)]
-    assert torch.equal(qm(x), before)
+    before = view.module(x)
+    assert torch.equal(before, qm(x))  # the view computes what conversion writes, bit for bit
+    switch = Switch(view)
+    groups = group_edges(view.module, cal.placement)
+    assert {ge.group.kind for ge in groups} == {"gemm", "attention", "layer_norm"}
+    # 12 weights; per block 4 GEMM inputs (2 LayerNorm outputs, o's and fc2's input) and q, k, v, probs
+    assert len(switch.float_of) == len(cal.placement.sites) == 12 + 2 * 4 + 2 * 4
+    with switch.floated(switch.all_edges()):
+        floated = view.module(x)
+    torch.testing.assert_close(floated, cal.program.module()(x), rtol=0, atol=0)  # = the float program
+    assert torch.equal(view.module(x), before)
+    with switch.floated([e for g in groups if g.group.id == "a:attention" for e in g.edges]):
+        assert not torch.equal(view.module(x), before)
+    assert torch.equal(view.module(x), before)
 
 
 @pytest.mark.parametrize("metric, error", [

@@ -1,0 +1,86 @@
+"""QuantizedModel: what fxq.quantize returns, whole when built (nothing is set on it afterwards)."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+from torch.fx import GraphModule
+
+from .calib_io import Calibration
+from .capture import Inputs
+from .config import QuantConfig
+from .placement import Placement
+from .report import Report
+
+if TYPE_CHECKING:
+    from .fallback import FallbackPlan
+
+
+class QuantizedModel(torch.nn.Module):
+    """A fake-quantized model: runs like the original with FP8 Q/DQ numerics at every site.
+
+    It owns its state (FP8 GEMM weights, copies of the other parameters): editing the source model
+    afterwards changes neither this model nor what export_onnx writes. It is inference-only: eval()
+    works (and returns it), train(True) raises.
+    """
+
+    def __init__(self, program: torch.export.ExportedProgram, placement: Placement, calibration: Calibration,
+                 config: QuantConfig, example: Inputs, seconds: dict[str, float],
+                 fallback_plan: "FallbackPlan | None" = None):
+        super().__init__()
+        self._program = [program]  # lists: neither the program nor its runnable module is a submodule
+        self._module: list[GraphModule] = []
+        self.placement = placement
+        self.calibration = calibration
+        self.config = config
+        self.example = example
+        self.seconds = seconds  # stage -> wall seconds (capture, place, calibrate, [fallback], convert)
+        self.fallback_plan = fallback_plan  # None unless fxq.quantize(..., fallback=) ran the search
+        self.training = False
+
+    # What the calibration holds, under the names the report, CLI and benchmarks read.
+    @property
+    def amax(self) -> dict[str, float]:
+        return self.calibration.amax
+
+    @property
+    def calibration_batches(self) -> int:
+        return self.calibration.batches
+
+    @property
+    def fallback_gains(self) -> dict[str, float]:
+        """Group id -> metric gain, for the groups left in FP16 by a fallback."""
+        return self.calibration.fallback_gains
+
+    @property
+    def program(self) -> torch.export.ExportedProgram:
+        """The quantized graph as an ExportedProgram (fxq.fp8_qdq on activations, FP8 weight buffers)."""
+        return self._program[0]
+
+    @property
+    def graph_module(self) -> GraphModule:
+        """The program as a runnable module (parameters as attributes), built once."""
+        if not self._module:
+            self._module.append(self.program.module())
+        return self._module[0]
+
+    def forward(self, *args, **kwargs):
+        return self.graph_module(*args, **kwargs)
+
+    def train(self, mode: bool = True) -> "QuantizedModel":
+        if mode:
+            raise RuntimeError("a fxq.QuantizedModel is inference-only: its FP8 graph was captured in eval mode "
+                               "and has no training path; fix: train or fine-tune the float model, then quantize it")
+        self.training = False
+        return self
+
+    def report(self) -> Report:
+        return Report(self.placement, self.amax, self.fallback_gains)
+
+    def save_calibration(self, path) -> None:
+        self.calibration.save(path)
+
+    def export_onnx(self, path, **kwargs):
+        from .onnx_export import export_onnx
+
+        return export_onnx(self, path, **kwargs)
