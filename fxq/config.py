@@ -50,6 +50,8 @@ class RoleSpecs:
     attn_v: TensorSpec | None = FP8
     attn_probs: TensorSpec | None = FP8
     layer_norm_output: TensorSpec | None = FP8
+    conv_input: TensorSpec | None = FP8
+    conv_weight: TensorSpec | None = FP8
 
     def get(self, role: str) -> TensorSpec | None:
         return getattr(self, R.field_name(R.check_role(role)))
@@ -215,9 +217,11 @@ def preset(name: str) -> QuantConfig:
         return QuantConfig()
     if name == "tensorrt-fp8-percentile":
         p = TensorSpec(calibrator="percentile")
-        return QuantConfig(roles=RoleSpecs(linear_input=p, attn_q=p, attn_k=p, attn_v=p, layer_norm_output=p))
+        return QuantConfig(roles=RoleSpecs(linear_input=p, attn_q=p, attn_k=p, attn_v=p, layer_norm_output=p,
+                                           conv_input=p))
     if name == "gemm-only":
-        return QuantConfig(roles=RoleSpecs(attn_q=None, attn_k=None, attn_v=None, attn_probs=None))
+        return QuantConfig(roles=RoleSpecs(attn_q=None, attn_k=None, attn_v=None, attn_probs=None,
+                                           conv_input=None, conv_weight=None))
     raise ValueError(f"unknown preset {name!r}; presets: tensorrt-fp8, tensorrt-fp8-percentile, gemm-only")
 
 

@@ -33,7 +33,7 @@ class Report:
     def summary(self) -> str:
         p = self.placement
         roles = ", ".join(f"{r} {n}" for r, n in sorted(p.role_counts().items()))
-        from fxq.accuracy.groups import fp8_attention_blocks, fp8_gemm_flop_share, fp8_gemms
+        from fxq.accuracy.groups import fp8_attention_blocks, fp8_convs, fp8_gemm_flop_share, fp8_gemms
 
         # Counted from the sites, not from the skips: a GEMM whose input an override left in float
         # is not skipped, and not quantized either.
@@ -41,7 +41,8 @@ class Report:
         blocks_ok = fp8_attention_blocks(p)
         return (f"{len(p.sites)} FP8 quantizers ({roles}); GEMMs quantized {quantized_gemms}/{p.gemms} "
                 f"({100 * fp8_gemm_flop_share(p):.1f}% of GEMM FLOPs); "
-                f"attention blocks quantized {blocks_ok}/{p.attention_blocks}; skipped {len(p.skips)}")
+                f"attention blocks quantized {blocks_ok}/{p.attention_blocks}; "
+                f"convs quantized {len(fp8_convs(p))}/{p.convs}; skipped {len(p.skips)}")
 
     def to_dict(self) -> dict:
         reasons = {k.reason for k in self.placement.skips}

@@ -7,9 +7,11 @@ ATTN_K = "attn.k"
 ATTN_V = "attn.v"
 ATTN_PROBS = "attn.probs"
 LAYER_NORM_OUTPUT = "layer_norm.output"
+CONV_INPUT = "conv.input"
+CONV_WEIGHT = "conv.weight"
 
-ALL_ROLES = (LINEAR_INPUT, LINEAR_WEIGHT, ATTN_Q, ATTN_K, ATTN_V, ATTN_PROBS, LAYER_NORM_OUTPUT)
-WEIGHT_ROLES = frozenset({LINEAR_WEIGHT})
+ALL_ROLES = (LINEAR_INPUT, LINEAR_WEIGHT, ATTN_Q, ATTN_K, ATTN_V, ATTN_PROBS, LAYER_NORM_OUTPUT, CONV_INPUT, CONV_WEIGHT)
+WEIGHT_ROLES = frozenset({LINEAR_WEIGHT, CONV_WEIGHT})
 # Softmax output lies in [0, 1]: TensorRT's FP8 attention wants the fixed scale 1/448.
 FIXED_AMAX = {ATTN_PROBS: 1.0}
 

@@ -28,7 +28,7 @@ from fxq.conversion.fake_quant_view import FakeQuantView
 from fxq.accuracy.groups import Evaluator, Switch, check_metric, group_edges
 from fxq.placement.place import Placement
 
-KINDS = ("attention", "gemm")
+KINDS = ("attention", "gemm", "conv")
 
 
 @dataclass

@@ -56,7 +56,7 @@ class GroupEdges:
     edges: list[tuple[Node, Node]]
 
 
-def group_edges(gm: GraphModule, placement: Placement, kinds=("attention", "gemm", "layer_norm")) -> list[GroupEdges]:
+def group_edges(gm: GraphModule, placement: Placement, kinds=("attention", "gemm", "conv", "layer_norm")) -> list[GroupEdges]:
     """Every group of `kinds` that has at least one FP8 quantizer in `gm`, in graph order."""
     nodes = {n.name: n for n in gm.graph.nodes}
     out = []
@@ -159,6 +159,13 @@ def fp8_gemm_flop_share(placement: Placement) -> float:
     """The share of all GEMM FLOPs (per example batch) that run in FP8: both operands quantized."""
     total = sum(g.flops for g in placement.groups if g.kind == "gemm")
     return sum(g.flops for g in fp8_gemms(placement)) / total if total else 0.0
+
+
+def fp8_convs(placement: Placement) -> list[Group]:
+    """The conv groups that run in FP8: input and weight quantized."""
+    reads_act = {c for s in placement.sites if not s.is_weight for c in s.consumers}
+    reads_w = {c for s in placement.sites if s.is_weight for c in s.consumers}
+    return [g for g in placement.groups if g.kind == "conv" and g.nodes[0] in reads_act & reads_w]
 
 
 def fp8_attention_blocks(placement: Placement) -> int:

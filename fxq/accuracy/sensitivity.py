@@ -22,11 +22,11 @@ from fxq.pipeline import Request, StageClock, calibrated
 @dataclass
 class Row:
     group: str  # group id, e.g. "encoder.layer.0.attention:attention"
-    kind: str  # "attention", "gemm" or "layer_norm"
+    kind: str  # "attention", "gemm", "conv" or "layer_norm"
     module: str
     metric: float  # with this group alone in float
     gain: float  # all-FP8 metric minus `metric`: what leaving this group in float buys
-    gemm_flop_share: float  # this group's share of all GEMM FLOPs (gemm groups; LayerNorm: its readers)
+    gemm_flop_share: float  # this group's share of all GEMM and conv FLOPs (LayerNorm: its readers')
     attention_flop_share: float  # this group's share of all attention matmul FLOPs
 
 
@@ -46,7 +46,7 @@ class SensitivityResult:
                            "seconds": self.seconds, "rows": [asdict(r) for r in self.sorted_rows()]}, indent=1)
 
     def table(self, top: int | None = None) -> str:
-        head = ("rank", "group", "kind", "metric if float", "gain", "GEMM FLOPs", "attn FLOPs")
+        head = ("rank", "group", "kind", "metric if float", "gain", "GEMM+conv FLOPs", "attn FLOPs")
         rows = self.sorted_rows()[:top]
         body = [(str(i + 1), r.group, r.kind, f"{r.metric:.3e}", f"{r.gain:+.3e}", f"{100 * r.gemm_flop_share:.1f}%",
                  f"{100 * r.attention_flop_share:.1f}%") for i, r in enumerate(rows)]
@@ -69,7 +69,7 @@ class SensitivityResult:
         import matplotlib.pyplot as plt
 
         rows = self.sorted_rows()[:top]
-        colors = {"attention": "tab:red", "gemm": "tab:blue", "layer_norm": "tab:green"}
+        colors = {"attention": "tab:red", "gemm": "tab:blue", "conv": "tab:purple", "layer_norm": "tab:green"}
         fig, ax = plt.subplots(figsize=(9, 0.22 * len(rows) + 1.5))
         ax.barh(range(len(rows)), [r.gain for r in rows], color=[colors[r.kind] for r in rows])
         ax.set_yticks(range(len(rows)), [r.group for r in rows], fontsize=7)
@@ -89,13 +89,14 @@ class SensitivityResult:
 
 
 def flop_shares(groups: list[GroupEdges], placement) -> dict[str, tuple[float, float]]:
-    gemm_total = sum(g.flops for g in placement.groups if g.kind == "gemm") or 1
+    # Convolutions count with GEMMs: both are weight x activation products TensorRT runs in FP8.
+    gemm_total = sum(g.flops for g in placement.groups if g.kind in ("gemm", "conv")) or 1
     attn_total = sum(g.flops for g in placement.groups if g.kind == "attention") or 1
-    gemm_flops = {g.nodes[0]: g.flops for g in placement.groups if g.kind == "gemm"}
+    gemm_flops = {g.nodes[0]: g.flops for g in placement.groups if g.kind in ("gemm", "conv")}
     out = {}
     for ge in groups:
         g = ge.group
-        if g.kind == "gemm":
+        if g.kind in ("gemm", "conv"):
             out[g.id] = (g.flops / gemm_total, 0.0)
         elif g.kind == "attention":
             out[g.id] = (0.0, g.flops / attn_total)

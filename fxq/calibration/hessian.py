@@ -62,9 +62,11 @@ def gemm_weight_layout(node: Node) -> GemmWeight:
 
 
 def weight_readers(gm: GraphModule, placement: Placement) -> dict[str, list[GemmWeight]]:
-    """Weight site key -> the GEMMs reading that weight (several where a weight is tied)."""
+    """Weight site key -> the GEMMs reading that weight (several where a weight is tied); conv weights,
+    rounded to nearest, are not listed."""
     nodes = {n.name: n for n in gm.graph.nodes}
-    return {s.key: [gemm_weight_layout(nodes[c]) for c in s.consumers] for s in placement.sites if s.is_weight}
+    return {s.key: [gemm_weight_layout(nodes[c]) for c in s.consumers] for s in placement.sites
+            if s.is_weight and all(GEMM in nodes[c].meta for c in s.consumers)}
 
 
 def insert_hessian_observers(gm: GraphModule, placement: Placement) -> dict[str, list[HessianObserver]]:

@@ -79,8 +79,8 @@ def remove_observers(gm: GraphModule) -> int:
 
 
 def weight_layouts(placement: Placement) -> dict[str, bool]:
-    """Weight site key -> True where the weight is stored [K, N] (addmm, x @ W), read from its GEMM's record."""
-    return {s.key: not placement.gemm_record(s.consumers[0]).weight_nk for s in placement.sites if s.is_weight}
+    """Weight site key -> True where the weight is stored [K, N] (addmm, x @ W), read from its reader's record."""
+    return {s.key: placement.weight_is_kn(s.consumers[0]) for s in placement.sites if s.is_weight}
 
 
 def state_tensors(ep: torch.export.ExportedProgram) -> dict[str, torch.Tensor]:

@@ -3,7 +3,8 @@
 `codes_chooser(config, layouts, stats)` returns the `codes_for` hook of fxq.conversion.insert.quantize_weights:
 round-to-nearest or GPTQ (fxq/accuracy/weight_rounding.py), per-tensor or per output channel. Weights are
 handled in the GEMM's [N, K] orientation and handed back in their stored layout (HF Conv1D and
-`x @ W` store W^T [K, N], whose output channels are axis 1).
+`x @ W` store W^T [K, N], whose output channels are axis 1; a conv weight [out, in, *kernel] is
+handled as [out, in * kernel], output channels on axis 0).
 """
 from __future__ import annotations
 
@@ -44,15 +45,15 @@ def codes_chooser(config: QuantConfig, transposed: Mapping[str, bool],
         raise ValueError("weight_rounding='gptq' needs input Hessians from calibration data")
 
     def codes_for(site: Site, w: torch.Tensor, scale: float) -> torch.Tensor | WeightCodes:
-        t = transposed[site.key]
+        t = transposed.get(site.key, False)  # conv weights are not listed: [out, ...] as stored
         w_nk = w.detach().float()
-        w_nk = w_nk.T if t else w_nk
+        w_nk = w_nk.T if t else w_nk.reshape(w.shape[0], -1)  # a conv weight [out, in, *kernel] as [out, in*kernel]
         s = channel_scale(w_nk) if config.weight_axis == 0 else torch.tensor(scale, dtype=torch.float32)
         if gptq and site.key in stats:
             codes = wr.gptq_fp8(w_nk, stats[site.key].hessian, s, **GPTQ_OPTIONS)
         else:  # nearest, or a weight whose GEMMs never ran during calibration
             codes = wr.round_nearest(w_nk, s)
-        codes = codes.T.contiguous() if t else codes
+        codes = codes.T.contiguous() if t else codes.reshape(w.shape)
         if config.weight_axis == 0:
             return WeightCodes(codes, s, axis=1 if t else 0)
         return codes

@@ -1,14 +1,15 @@
 """Record every site of a graph once: one matcher per kind, each writing one record kind into node meta.
 
 The matchers run in this order at the end of capture (fxq.capture.transforms.canonicalize); the attention
-matcher names a block's K projection by its GEMM record, so GEMMs go first. A new kind (conv is
-next) is one more function here that writes one more record.
+matcher names a block's K projection by its GEMM record, so GEMMs go first. A new kind is one more
+function here that writes one more record (convolutions: fxq/placement/convs.py).
 """
 from __future__ import annotations
 
 from torch.fx import GraphModule
 
 from fxq.placement.attention import record_attention
+from fxq.placement.convs import record_convs
 from fxq.placement.gemms import record_gemms
 from fxq.graph_utils import aten, module_path
 from fxq.placement.records import LAYER_NORM, RECORDED, GroupIds, LayerNormRecord
@@ -28,7 +29,7 @@ def record_layer_norms(gm: GraphModule) -> int:
     return recorded
 
 
-MATCHERS = (record_gemms, record_attention, record_layer_norms)
+MATCHERS = (record_gemms, record_attention, record_convs, record_layer_norms)
 
 
 def record_sites(gm: GraphModule) -> int:

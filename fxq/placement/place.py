@@ -18,7 +18,7 @@ from fxq.placement.attention import recorded_blocks
 from fxq.config import QuantConfig, TensorSpec
 from fxq.errors import ConfigError
 from fxq.graph_utils import shape_of, state_name
-from fxq.placement.records import AttentionRecord, GemmRecord
+from fxq.placement.records import AttentionRecord, ConvRecord, GemmRecord
 from fxq.capture.transforms import COUNTS, TransformCounts
 
 
@@ -44,7 +44,7 @@ class Skip:
     """Something fxq left in float, and why (a stable reason code plus detail)."""
 
     module: str
-    what: str  # a role name, "gemm" or "attention"
+    what: str  # a role name, "gemm", "attention" or "conv"
     reason: str
     detail: str = ""
 
@@ -57,6 +57,10 @@ SKIP_REASONS = {
     "disabled_by_config": "the config sets this role to None for this module",
     "probs_without_qkv": "softmax output left in float because Q, K or V is not quantized "
     "(a lone softmax Q/DQ blocks TensorRT's attention fusion)",
+    # TensorRT's FP8 convolution rules (see fxq/placement/convs.py for the sources).
+    "conv_grouped": "grouped or depthwise convolution (groups > 1): TensorRT has no FP8 kernel for it, it stays in float",
+    "conv_channels_not_16": "convolution whose input or output channels are not a multiple of 16 (an RGB stem, "
+    "a 4-channel latent): TensorRT's FP8 convolution kernels need both, it stays in float",
     "fallback": "left in FP16 by the budgeted fallback (fxq.Fallback): FP8 here cost the most accuracy per FLOP",
 }
 
@@ -70,10 +74,10 @@ class Group:
     """
 
     id: str
-    kind: str  # "gemm", "attention" or "layer_norm"
+    kind: str  # "gemm", "attention", "conv" or "layer_norm"
     module: str
-    nodes: tuple[str, ...]  # gemm: (gemm,); attention: (bmm1, bmm2); layer_norm: (layer_norm,)
-    flops: int = 0  # matmul FLOPs per example batch (0 for layer_norm)
+    nodes: tuple[str, ...]  # gemm: (gemm,); attention: (bmm1, bmm2); conv: (conv,); layer_norm: (layer_norm,)
+    flops: int = 0  # matmul / conv FLOPs per example batch (0 for layer_norm)
 
 
 @dataclass
@@ -83,8 +87,10 @@ class Placement:
     groups: list[Group] = field(default_factory=list)
     gemm_records: list[GemmRecord] = field(default_factory=list)  # every GEMM capture recorded, in graph order
     attention_records: list[AttentionRecord] = field(default_factory=list)  # each block's record (part "bmm1")
+    conv_records: list[ConvRecord] = field(default_factory=list)
     gemms: int = 0
     attention_blocks: int = 0
+    convs: int = 0
     scales_moved_to_q: int = 0  # what capture's transforms did (fxq.capture.transforms.TransformCounts)
     views_moved_before_softmax: int = 0
 
@@ -100,6 +106,10 @@ class Placement:
     def gemm_record(self, node: str) -> GemmRecord:
         """The record of the GEMM node named `node` (a site's consumer)."""
         return next(r for r in self.gemm_records if r.node == node)
+
+    def weight_is_kn(self, node: str) -> bool:
+        """True where the weight read by `node` is stored [K, N] (addmm, x @ W); a conv's [out, in, ...] is not."""
+        return any(r.node == node and not r.weight_nk for r in self.gemm_records)
 
 
 @dataclass
@@ -174,6 +184,37 @@ def _requests(gm: GraphModule, cfg: QuantConfig, out: Placement) -> list[_Reques
             reqs.append(_Request(b.bmm2.args[a.PROBS_ARG], b.bmm2, R.ATTN_PROBS, a.module, fb))
         elif not fb:
             out.skips.append(Skip(a.module, R.ATTN_PROBS, "probs_without_qkv"))
+    return reqs + _conv_requests(gm, cfg, out)
+
+
+def conv_skip_reason(r: ConvRecord) -> tuple[str, str] | None:
+    """TensorRT's FP8 convolution rules: (reason code, detail) for a conv that stays in float, else None."""
+    if r.groups != 1:
+        return "conv_grouped", f"groups={r.groups}"
+    if r.in_channels % 16 or r.out_channels % 16:
+        return "conv_channels_not_16", f"in={r.in_channels} out={r.out_channels}"
+    return None
+
+
+def _conv_requests(gm: GraphModule, cfg: QuantConfig, out: Placement) -> list[_Request]:
+    """A conv runs in FP8 with both operands quantized or not at all: a lone input Q/DQ only costs time."""
+    reqs = []
+    for node, r in records.convs(gm):
+        out.convs += 1
+        out.conv_records.append(r)
+        out.groups.append(Group(r.group, "conv", r.module, (node.name,), r.flops))
+        rule = conv_skip_reason(r)
+        if rule is not None:
+            out.skips.append(Skip(r.module, "conv", *rule))
+            continue
+        if any(cfg.spec_for(r.module, role) is None for role in (R.CONV_INPUT, R.CONV_WEIGHT)):
+            out.skips.append(Skip(r.module, "conv", "disabled_by_config"))
+            continue
+        fb = r.group in cfg.fallback
+        if fb:
+            out.skips.append(Skip(r.module, "conv", "fallback", r.group))
+        reqs += [_Request(r.input(node), node, R.CONV_INPUT, r.module, fb),
+                 _Request(r.weight_of(node), node, R.CONV_WEIGHT, r.module, fb)]
     return reqs
 
 
@@ -223,6 +264,6 @@ def _check_fallback_ids(cfg: QuantConfig, out: Placement) -> None:
         import difflib
 
         close = difflib.get_close_matches(unknown[0], sorted(known), n=3, cutoff=0.5)
-        raise ConfigError(f"QuantConfig.fallback names {len(unknown)} GEMM/attention groups not in this graph, "
+        raise ConfigError(f"QuantConfig.fallback names {len(unknown)} GEMM/attention/conv groups not in this graph, "
                           f"e.g. {unknown[0]!r}" + (f"; close ids: {', '.join(close)}" if close else "")
                           + "; fix: take ids from fxq.sensitivity(...) or Placement.groups of this model")

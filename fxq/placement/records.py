@@ -1,4 +1,4 @@
-"""Site records: what capture found at each GEMM, attention block and LayerNorm, kept in node meta.
+"""Site records: what capture found at each GEMM, attention block, convolution and LayerNorm, kept in node meta.
 
 A matcher (fxq/placement/gemms.py, fxq/placement/attention.py, fxq/placement/matchers.py) finds a site once and writes a small
 frozen record into the meta of the node it sits on; placement, insert, Hessian collection, lower and
@@ -16,6 +16,7 @@ from torch.fx import GraphModule, Node
 GEMM = "fxq_gemm"  # node.meta key on a GEMM node
 ATTENTION = "fxq_attention"  # on an attention block's BMM1, softmax and BMM2 (one record each, `part` differs)
 LAYER_NORM = "fxq_layer_norm"  # on a LayerNorm node
+CONV = "fxq_conv"  # on a convolution node
 RECORDED = "fxq_records"  # graph_module.meta key: how many records the matchers wrote
 
 
@@ -70,6 +71,41 @@ class AttentionRecord:
 
 
 @dataclass(frozen=True)
+class ConvRecord:
+    """One forward convolution (1-D, 2-D or 3-D) with a parameter weight [out, in/groups, *kernel]."""
+
+    group: str  # "<module>:conv" ("#n" appended where a module has several)
+    module: str
+    node: str
+    input_arg: int
+    weight_arg: int
+    bias_arg: int | None
+    weight: str  # the state name of the weight
+    dims: int  # 1, 2 or 3
+    in_channels: int
+    out_channels: int
+    groups: int
+    kernel: tuple[int, ...]
+    stride: tuple[int, ...]
+    padding: tuple[int, ...] | str  # or "same" / "valid"
+    dilation: tuple[int, ...]
+    flops: int  # 2 * output elements * in_channels/groups * kernel volume, per example batch
+
+    def input(self, node: Node):
+        return node.args[self.input_arg]
+
+    def weight_of(self, node: Node):
+        return node.args[self.weight_arg]
+
+    @property
+    def is_patch_embedding(self) -> bool:
+        """kernel == stride, no padding, groups 1: a GEMM over non-overlapping patches."""
+        if self.groups != 1 or self.kernel != self.stride or any(d != 1 for d in self.dilation):
+            return False
+        return self.padding == "valid" or (not isinstance(self.padding, str) and not any(self.padding))
+
+
+@dataclass(frozen=True)
 class LayerNormRecord:
     group: str  # "<module>:layer_norm"
     module: str
@@ -100,3 +136,7 @@ def recorded(gm: GraphModule, key: str) -> list[tuple[Node, object]]:
 
 def gemms(gm: GraphModule) -> list[tuple[Node, GemmRecord]]:
     return recorded(gm, GEMM)
+
+
+def convs(gm: GraphModule) -> list[tuple[Node, ConvRecord]]:
+    return recorded(gm, CONV)
