@@ -5,6 +5,13 @@ padding, dilation, groups) (trailing defaults dropped; padding may be a string s
 after run_decompositions, as aten.convolution(x, W, bias, stride, padding, dilation, transposed,
 output_padding, groups). Transposed convolutions are not recorded: TensorRT's FP8 rules below are for
 forward convolutions, and fxq leaves deconvolutions in float.
+
+What TensorRT's FP8 convolution needs, as NVIDIA's own ONNX quantizer encodes it (NVIDIA/Model-Optimizer,
+modelopt/onnx/quantization/graph_utils.py, find_nodes_from_convs_to_exclude): input and output channels
+of at least 16 (fxq asks for multiples of 16, the tensor-core tile: an RGB stem and a 4-channel VAE latent
+stay float), a filter of at most 32 taps (3x3, 5x5 and 3x3x3 qualify, 7x7 does not), and a constant weight.
+Grouped and depthwise convolutions have no FP8 tensor-core kernel and stay float. fxq.placement.place
+applies these as Skips (conv_grouped, conv_channels_not_16, conv_kernel_too_large).
 """
 from __future__ import annotations
 
@@ -14,6 +21,8 @@ from torch.fx import GraphModule, Node
 
 from fxq.graph_utils import _hint, aten, module_path, shape_of, state_name
 from fxq.placement.records import CONV, ConvRecord, GroupIds
+
+MAX_FP8_CONV_FILTER = 32  # taps (kernel volume), ModelOpt's FP8 limit
 
 CONV_ND = {aten.conv1d.default: 1, aten.conv2d.default: 2, aten.conv3d.default: 3}
 for _op, _d in ((getattr(aten.conv1d, "padding", None), 1), (getattr(aten.conv2d, "padding", None), 2),

@@ -7,6 +7,7 @@ fxq/conversion/insert.py turns into nodes.
 """
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -15,6 +16,7 @@ from torch.fx import GraphModule, Node
 from fxq.placement import records
 from fxq import roles as R
 from fxq.placement.attention import recorded_blocks
+from fxq.placement.convs import MAX_FP8_CONV_FILTER
 from fxq.config import QuantConfig, TensorSpec
 from fxq.errors import ConfigError
 from fxq.graph_utils import shape_of, state_name
@@ -57,10 +59,12 @@ SKIP_REASONS = {
     "disabled_by_config": "the config sets this role to None for this module",
     "probs_without_qkv": "softmax output left in float because Q, K or V is not quantized "
     "(a lone softmax Q/DQ blocks TensorRT's attention fusion)",
-    # TensorRT's FP8 convolution rules (see fxq/placement/convs.py for the sources).
+    # TensorRT's FP8 convolution rules (fxq/placement/convs.py cites where they come from).
     "conv_grouped": "grouped or depthwise convolution (groups > 1): TensorRT has no FP8 kernel for it, it stays in float",
     "conv_channels_not_16": "convolution whose input or output channels are not a multiple of 16 (an RGB stem, "
     "a 4-channel latent): TensorRT's FP8 convolution kernels need both, it stays in float",
+    "conv_kernel_too_large": "convolution whose filter has more than 32 taps (a 7x7 kernel): TensorRT has "
+    "no FP8 kernel for it (NVIDIA ModelOpt leaves these in float), it stays in float",
     "fallback": "left in FP16 by the budgeted fallback (fxq.Fallback): FP8 here cost the most accuracy per FLOP",
 }
 
@@ -193,6 +197,8 @@ def conv_skip_reason(r: ConvRecord) -> tuple[str, str] | None:
         return "conv_grouped", f"groups={r.groups}"
     if r.in_channels % 16 or r.out_channels % 16:
         return "conv_channels_not_16", f"in={r.in_channels} out={r.out_channels}"
+    if math.prod(r.kernel) > MAX_FP8_CONV_FILTER:
+        return "conv_kernel_too_large", f"kernel {'x'.join(map(str, r.kernel))}"
     return None
 
 
