@@ -1,4 +1,4 @@
-"""TensorRT FP8 readiness checker: does each GEMM and attention block meet TensorRT's fusion rules?
+"""TensorRT FP8 readiness checker: does each GEMM, conv and attention block meet TensorRT's fusion rules?
 
 Works on any ONNX file (fxq, ModelOpt, plain FP16). The rules (see /work/shared/NOTES.md,
 "TensorRT's rules"): constant FP8 weight -> DequantizeLinear -> GEMM, per-tensor activation Q/DQ
@@ -17,16 +17,17 @@ import numpy as np
 import onnx
 
 from onnx_post.checker_attention import check_attention
+from onnx_post.checker_conv import check_conv
 from onnx_post.checker_graph import (FLOAT_TYPES, FP8, GraphIndex, attr, dtype_name, find_attention_blocks,
                                      function_models, module_of)
 from onnx_post.checker_load import InvalidModelError, NotOnnxModelError, UnloadableFileError, load_model  # noqa: F401
 from onnx_post.checker_numeric import check_numeric
-from onnx_post.checker_report import MIN_GEMM_DIM, REASONS, AttentionRow, GemmRow, Readiness  # noqa: F401
+from onnx_post.checker_report import MIN_GEMM_DIM, REASONS, AttentionRow, ConvRow, GemmRow, Readiness  # noqa: F401
 from onnx_post.runtime import WRONG_ON_FP8
 
 
 def check_model(model_or_path: onnx.ModelProto | str | Path) -> Readiness:
-    """Check every MatMul/Gemm and every attention block of an ONNX model (or .onnx path).
+    """Check every MatMul/Gemm, Conv and attention block of an ONNX model (or .onnx path).
 
     GEMMs and attention inside If/Loop/Scan bodies and model-local functions are checked too. A
     file onnx.checker rejects raises InvalidModelError (checker_load.py says what else is refused).
@@ -41,9 +42,10 @@ def check_model(model_or_path: onnx.ModelProto | str | Path) -> Readiness:
     float_bmms = {id(n) for (_, b), row in zip(blocks, attention) if row.skipped for n in (b.bmm1, b.bmm2)}
     gemms = [_float_bmm(x, n) if id(n) in float_bmms else check_gemm(x, n, fdtype)
              for x in indexes for n in x.nodes if n.op_type in ("MatMul", "Gemm")]
+    convs = [check_conv(x, n, fdtype, _check_gemm_input) for x in indexes for n in x.nodes if n.op_type == "Conv"]
     casts = sum(n.op_type == "Cast" for x in indexes for n in x.nodes)
     numeric = [r for x in indexes for r in check_numeric(x)]
-    return Readiness(gemms, attention, FLOAT_TYPES[fdtype], casts, numeric, notes=runtime_notes(indexes))
+    return Readiness(gemms, attention, FLOAT_TYPES[fdtype], casts, numeric, notes=runtime_notes(indexes), convs=convs)
 
 
 def runtime_notes(indexes: list[GraphIndex]) -> list[str]:
@@ -144,7 +146,7 @@ def _gemm_kn(gi: GraphIndex, node: onnx.NodeProto) -> tuple[int | None, int | No
 
 def _graph_dtype(gi: GraphIndex) -> int:
     """The float dtype most GEMMs compute in (else most float tensors): what scales must match."""
-    votes = [gi.elem_type(n.output[0]) for n in gi.nodes if n.op_type in ("MatMul", "Gemm")]
+    votes = [gi.elem_type(n.output[0]) for n in gi.nodes if n.op_type in ("MatMul", "Gemm", "Conv")]
     votes = [t for t in votes if t in FLOAT_TYPES]
     if not votes:
         names = [*gi.types, *gi.inits]

@@ -25,6 +25,18 @@ REASONS: dict[str, str] = {
     "small_gemm": "K or N is below 16, so FP8 gains nothing; left unquantized by design.",
     "gemv": "A float GEMM whose rows are only the batch (pooler, classifier on one token): a matrix-vector "
             "product gains nothing from FP8; left unquantized by design.",
+    # convolutions (onnx_post/checker_conv.py); the scale and zero-point reasons above apply too
+    "conv_input_not_dq": "The Conv's input is not produced directly by a per-tensor FP8 DequantizeLinear "
+                         "(Q -> DQ -> Conv, no Cast in between).",
+    "conv_weight_not_fp8_initializer": "The Conv's weight is not an FP8 E4M3 initializer read through a "
+                                       "DequantizeLinear (a float weight, or one quantized at runtime).",
+    "conv_bias_dtype_mismatch": "The Conv's bias is not in the graph's float dtype.",
+    "conv_grouped": "A grouped or depthwise Conv (group > 1): TensorRT has no FP8 kernel for it. With no FP8 "
+                    "on it it is skipped (float by design); with FP8 on it, not ready.",
+    "conv_channels_not_16": "The Conv's input or output channels are not a multiple of 16 (an RGB stem, a "
+                            "4-channel latent): skipped without FP8 on it, not ready with.",
+    "conv_kernel_too_large": "The Conv's filter has more than 32 taps (7x7): TensorRT has no FP8 kernel for it; "
+                             "skipped without FP8 on it, not ready with.",
     # attention blocks (Softmax between BMM1 = Q@K^T and BMM2 = P@V)
     "q_not_fp8": "BMM1's Q input is not fed directly by a DequantizeLinear of FP8.",
     "k_not_fp8": "BMM1's K^T input is not fed directly by a DequantizeLinear of FP8.",
@@ -72,6 +84,20 @@ class AttentionRow:
 
 
 @dataclass
+class ConvRow:
+    name: str
+    module: str
+    ready: bool
+    reasons: list[str]
+    in_channels: int | None
+    out_channels: int | None
+    group: int
+    kernel: str  # "3x3"
+    detail: str = ""
+    skipped: bool = False  # float by design (grouped, channels, filter size) and no FP8 on it
+
+
+@dataclass
 class Readiness:
     gemms: list[GemmRow] = field(default_factory=list)
     attention: list[AttentionRow] = field(default_factory=list)
@@ -80,11 +106,12 @@ class Readiness:
     numeric: list[NumericRow] = field(default_factory=list)  # bad scales / initializer values
     verify: dict | None = None  # `fxq check --verify`: onnxruntime on random inputs
     notes: list[str] = field(default_factory=list)  # advice that is not a readiness failure (onnxruntime pitfalls)
+    convs: list[ConvRow] = field(default_factory=list)
 
     @property
     def ready(self) -> bool:
-        """Every GEMM ready (or skipped by design), every attention block ready, no numeric problem."""
-        return (all(g.ready or g.skipped for g in self.gemms)
+        """Every GEMM, conv and attention block ready (or skipped by design), no numeric problem."""
+        return (all(g.ready or g.skipped for g in self.gemms) and all(c.ready or c.skipped for c in self.convs)
                 and all(a.ready or a.skipped for a in self.attention) and not self.numeric)
 
     def summary(self) -> str:
@@ -100,9 +127,13 @@ class Readiness:
         attn_skipped = sum(a.skipped for a in self.attention)
         if attn_skipped:
             attn += f", {attn_skipped} skipped (float by design: head size outside [16, 256] or not a multiple of 8)"
+        conv = f"convs: {sum(c.ready for c in self.convs)}/{len(self.convs)} ready (input and weight DQ)"
+        conv_skipped = sum(c.skipped for c in self.convs)
+        if conv_skipped:
+            conv += f", {conv_skipped} skipped (float by design: grouped, channels not multiples of 16, or filter > 32)"
         numeric = (f" | numeric problems: {len(self.numeric)} ({','.join(sorted({r.reason for r in self.numeric}))})"
                    if self.numeric else "")  # only shown when there are some
-        return f"{gemm} | {attn}{numeric} | Casts: {self.casts} | graph dtype: {self.graph_dtype}"
+        return f"{gemm} | {attn} | {conv}{numeric} | Casts: {self.casts} | graph dtype: {self.graph_dtype}"
 
     def format_table(self) -> str:
         gemm_rows = [[_status(g.ready, g.skipped), g.module, g.name, _num(g.k), _num(g.n),
@@ -113,6 +144,10 @@ class Readiness:
                  _table(["status", "module", "node", "K", "N", "reasons", "detail"], gemm_rows),
                  "", f"Attention blocks ({len(self.attention)})",
                  _table(["status", "module", "softmax", "head", "reasons", "detail"], attn_rows),
+                 "", f"Convolutions ({len(self.convs)})",
+                 _table(["status", "module", "node", "in", "out", "group", "kernel", "reasons", "detail"],
+                        [[_status(c.ready, c.skipped), c.module, c.name, _num(c.in_channels), _num(c.out_channels),
+                          str(c.group), c.kernel, ",".join(c.reasons) or "-", c.detail] for c in self.convs]),
                  "", f"Numeric problems ({len(self.numeric)})",
                  _table(["reason", "tensor", "node", "detail"],
                         [[r.reason, r.tensor, r.node or "-", r.detail] for r in self.numeric]),
@@ -125,6 +160,7 @@ class Readiness:
                 "casts": self.casts,
                 "gemms": [dataclasses.asdict(g) for g in self.gemms],
                 "attention": [dataclasses.asdict(a) for a in self.attention],
+                "convs": [dataclasses.asdict(c) for c in self.convs],
                 "numeric": [dataclasses.asdict(r) for r in self.numeric],
                 "notes": list(self.notes),
                 **({"verify": self.verify} if self.verify is not None else {}),
