@@ -34,6 +34,7 @@ from fxq.conversion.insert import WeightCodes, insert_observers, insert_qdq, own
 from fxq.memory import release_free_memory
 from fxq.model import QuantizedModel
 from fxq.placement.place import Placement, Site, place
+from fxq.report import warn_if_nothing_to_do
 from fxq.conversion.weight_codes import codes_chooser
 
 
@@ -172,6 +173,7 @@ def calibrated(req: Request, clock: StageClock) -> Calibrated:
     with clock("place"):
         check_overrides(ep.graph_module, req.config)
         placement = place(ep.graph_module, req.config)
+        warn_if_nothing_to_do(placement)
     with clock("calibrate"):
         return calibrate(ep, placement, req)
 

@@ -1,11 +1,39 @@
 """What was quantized, where, with which scale, and what was left in float and why."""
 from __future__ import annotations
 
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 
 from fxq.conversion import ops
 from fxq.placement.place import SKIP_REASONS, Placement
+
+
+def nothing_to_do(p: Placement) -> str | None:
+    """The warning for a placement with no FP8 GEMM, attention block or conv (None when there is one)."""
+    from fxq.accuracy.groups import fp8_attention_blocks, fp8_convs, fp8_gemms
+
+    if fp8_gemms(p) or fp8_convs(p) or fp8_attention_blocks(p):
+        return None
+    parts = []
+    for what, label, total in (("conv", "convs", p.convs), ("gemm", "GEMMs", p.gemms),
+                               ("attention", "attention blocks", p.attention_blocks)):
+        why = Counter(k.reason for k in p.skips if k.what == what)
+        reasons = ", ".join(f"{r}" if n == total else f"{r} x{n}" for r, n in sorted(why.items()))
+        parts.append(f"{total} {label}" + (f" skipped ({reasons})" if reasons else ""))
+    disabled = sorted({k.what for k in p.skips if k.reason == "disabled_by_config" and "." in k.what})
+    if disabled:
+        parts.append(f"roles set to None by the config: {', '.join(disabled)}")
+    return (f"fxq: 0 FP8 sites: {'; '.join(parts)}. Nothing in this model will run in FP8 (the export is plain "
+            f"float); see qm.report() for every skip and fxq.placement.place.SKIP_REASONS for what each means")
+
+
+def warn_if_nothing_to_do(p: Placement) -> bool:
+    """Warn once when `p` quantizes nothing. Returns whether it warned."""
+    message = nothing_to_do(p)
+    if message is not None:
+        warnings.warn(message, UserWarning, stacklevel=3)
+    return message is not None
 
 
 @dataclass

@@ -99,7 +99,7 @@ def test_ready_gemm():
     (row,) = rep.gemms
     assert (row.ready, row.reasons, row.k, row.n, row.skipped) == (True, [], 64, 32, False)
     assert rep.ready and rep.casts == 0 and rep.graph_dtype == "float16"
-    assert rep.summary() == ("GEMMs: 1/1 ready (both inputs DQ) | attention: 0/0 ready | "
+    assert rep.summary() == ("GEMMs: 1/1 ready (both inputs DQ) | attention: 0/0 ready | convs: 0/0 ready (input and weight DQ) | "
                              "Casts: 0 | graph dtype: float16")
 
 
@@ -197,7 +197,7 @@ def test_ready_attention_block():
     assert [(g.ready, g.k, g.n) for g in rep.gemms] == [(True, 32, 16), (True, 16, 32),
                                                          (True, 128, 64)]
     assert rep.ready
-    assert rep.summary() == ("GEMMs: 3/3 ready (both inputs DQ) | attention: 1/1 ready | "
+    assert rep.summary() == ("GEMMs: 3/3 ready (both inputs DQ) | attention: 1/1 ready | convs: 0/0 ready (input and weight DQ) | "
                              "Casts: 0 | graph dtype: float16")
 
 
@@ -248,6 +248,8 @@ def test_reasons_legend_covers_every_code():
              "scale_zero", "scale_subnormal", "scale_nonfinite", "scale_negative", "fp8_nan_code",
              "fp16_inf", "initializer_nan"}
     codes |= {"weight_scale_not_per_channel"}  # per-tensor or 1-D along N for weights (c8b)
+    codes |= {"conv_input_not_dq", "conv_weight_not_fp8_initializer", "conv_bias_dtype_mismatch", "conv_grouped",
+              "conv_channels_not_16", "conv_kernel_too_large"}  # tests/test_conv.py
     assert set(REASONS) == codes and all(REASONS.values())
 
 
