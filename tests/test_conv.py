@@ -231,3 +231,31 @@ def test_warns_once_when_nothing_is_fp8():
     assert nothing_to_do(p) is None
     _, off = _placed(ResBlock().eval(), torch.randn(2, 3, 16, 16), preset("gemm-only"))
     assert "5 convs skipped (conv_channels_not_16 x2, conv_grouped x1, disabled_by_config x2)" in nothing_to_do(off)
+
+
+def test_lower_runs_patch_and_1x1_convs_on_scaled_mm():
+    class Patchy(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.patch = torch.nn.Conv2d(16, 32, 4, stride=4)  # kernel == stride: one GEMM over patches
+            self.mix = torch.nn.Conv2d(32, 32, 3, padding=1)  # overlapping windows: stays a conv
+            self.point = torch.nn.Conv1d(32, 32, 1)  # 1x1
+
+        def forward(self, x):
+            return self.point(self.mix(self.patch(x)).flatten(2))
+
+    from fxq.lower.convs import fp8_patch_conv, patches
+
+    x, w = torch.randn(2, 16, 9, 10), torch.randn(32, 16, 4, 4)  # 9x10: the conv drops the remainder rows/cols
+    gemm = (patches(x, (4, 4)) @ w.reshape(32, -1).T).movedim(-1, 1)
+    assert torch.allclose(gemm, torch.nn.functional.conv2d(x, w, stride=4), atol=1e-4)
+    torch.manual_seed(0)
+    example = torch.randn(2, 16, 16, 16)
+    qm = fxq.quantize(Patchy().eval(), example, [torch.randn(4, 16, 16, 16)], progress=False)
+    lowered = fxq.lower(qm)
+    assert (lowered.stats.convs_fp8, lowered.stats.convs_float) == (2, 1)
+    calls = Counter(n.target for n in lowered.graph_module.graph.nodes if n.op == "call_function")
+    assert calls[fp8_patch_conv] == 2 and calls[torch.ops.aten.conv2d.default] == 1
+    with torch.no_grad():
+        got = compare(qm(example), lowered(example).float())
+    assert got["cosine"] > 0.999, got  # FP16 graph, fast accumulation, against the FP32 fake-quant model

@@ -31,6 +31,7 @@ from torch.fx import GraphModule
 
 from fxq.errors import FxqError
 from fxq.lower.attention import fuse_attention
+from fxq.lower.convs import lower_convs
 from fxq.lower.dtype import DTYPES, cast_graph, cast_literals, decompose_qdq  # noqa: F401  (importable from here)
 from fxq.lower.gemms import GEMM_MULTIPLE, Buffers, lower_gemms, weight_fp8  # noqa: F401
 from fxq.lower.ops import DEQUANT, QDQ, fake_quant, fp8_linear, quantize_fp8, to_dtype  # noqa: F401
@@ -55,6 +56,8 @@ class LowerStats:
     qdq_decomposed: int  # fp8_qdq nodes rewritten as ATen ops
     literals_cast: int  # graph nodes whose dtype/float/device literals were rewritten
     attention_reasons: tuple[str, ...] = ()
+    convs_fp8: int = 0  # patch-embedding and 1x1 convs now on torch._scaled_mm (fxq/lower/convs.py)
+    convs_float: int = 0  # recorded convs left as convs (float, or fake-quantized operands)
 
 
 class LoweredModel(torch.nn.Module):
@@ -111,13 +114,15 @@ def lower(qm, dtype: torch.dtype = torch.float16, *, attention: bool = True, kee
     fused, fp8_qkv, dropped, reasons = fuse_attention(gm, keep_qkv_qdq) if attention else (0, 0, 0, ["attention=False"])
     kept = qm.placement.attention_blocks - fused
     fp8, flt, quantizers = lower_gemms(gm, dtype, buffers)
+    convs_fp8, convs_float = lower_convs(gm, dtype, buffers)
     decomposed = decompose_qdq(gm, dtype, buffers)
     literals = cast_graph(gm, dtype, device)
     gm.graph.eliminate_dead_code()
     _drop_unread_tensors(gm)
     gm.graph.lint()
     gm.recompile()
-    stats = LowerStats(dtype, fp8, flt, quantizers, fused, fp8_qkv, kept, dropped, decomposed, literals, tuple(reasons))
+    stats = LowerStats(dtype, fp8, flt, quantizers, fused, fp8_qkv, kept, dropped, decomposed, literals, tuple(reasons),
+                       convs_fp8, convs_float)
     return LoweredModel(gm, stats)
 
 
