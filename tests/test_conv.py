@@ -259,3 +259,18 @@ def test_lower_runs_patch_and_1x1_convs_on_scaled_mm():
     with torch.no_grad():
         got = compare(qm(example), lowered(example).float())
     assert got["cosine"] > 0.999, got  # FP16 graph, fast accumulation, against the FP32 fake-quant model
+
+
+def test_conv_groups_in_sensitivity_fallback_and_gptq():
+    torch.manual_seed(0)
+    model, x = ResBlock().eval(), torch.randn(2, 3, 16, 16)
+    calib = [torch.randn(4, 3, 16, 16) for _ in range(2)]
+    result = fxq.sensitivity(model, x, calib, [x], progress=False)
+    assert sorted(r.group for r in result.rows) == ["c1:conv", "c2:conv"]
+    assert all(r.kind == "conv" and 0 < r.gemm_flop_share < 1 for r in result.rows)
+    qm = fxq.quantize(model, x, calib, progress=False, fallback=fxq.Fallback([x], max_error=0.0))
+    assert {c.kind for c in qm.fallback_plan.choices} == {"conv"} and not fp8_convs(qm.placement)
+    assert {k.reason for k in qm.placement.skips if k.module in ("c1", "c2")} == {"fallback"}
+    gptq = fxq.quantize(model, x, calib, QuantConfig(weight_rounding="gptq", weight_axis=0), progress=False)
+    assert gptq.placement.count(R.CONV_WEIGHT) == 2  # conv weights: nearest codes, per output channel
+    assert compare(model(x), gptq(x))["cosine"] > 0.999
