@@ -31,6 +31,7 @@ from .groups import Evaluator
 from .hessian import insert_hessian_observers, weight_hessians, weight_readers
 from .insert import WeightCodes, insert_observers, insert_qdq, own_state, quantize_weights, remove_observers, weight_amax
 from .memory import release_free_memory
+from .drop_in import Source
 from .model import QuantizedModel
 from .placement import Placement, Site, place
 from .weight_codes import codes_chooser
@@ -233,4 +234,6 @@ def convert(cal: Calibrated) -> None:
 
 
 def quantized_model(cal: Calibrated, req: Request, clock: StageClock, plan: FallbackPlan | None) -> QuantizedModel:
-    return QuantizedModel(cal.program, cal.placement, cal.calibration, cal.config, req.example, clock.seconds, plan)
+    source = Source.of(req.model, req.example)  # config, dtype, device, call form: read once, here
+    return QuantizedModel(cal.program, cal.placement, cal.calibration, cal.config, req.example, clock.seconds, source,
+                          plan)
