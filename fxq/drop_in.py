@@ -21,8 +21,8 @@ from typing import Any
 import torch
 from torch.utils._pytree import tree_leaves
 
-from .capture import Inputs
-from .errors import InputError
+from fxq.capture.program import Inputs
+from fxq.errors import InputError
 
 _MISSING = inspect.Parameter.empty
 

@@ -14,8 +14,8 @@ from numbers import Real
 from pathlib import Path
 from typing import Any, Mapping
 
-from .errors import CalibrationError, ConfigError, InputError
-from .validate_files import ECHO_CHARS, json_file, output_path, short  # noqa: F401  (fxq.validate is the one entry point)
+from fxq.errors import CalibrationError, ConfigError, InputError
+from fxq.validate_files import ECHO_CHARS, json_file, output_path, short  # noqa: F401  (fxq.validate is the one entry point)
 
 MIN_OPSET = 19  # first opset with FLOAT8E4M3FN QuantizeLinear/DequantizeLinear
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
@@ -93,7 +93,7 @@ def _spec_dict(spec: Any, field: str) -> None:
 
 
 def _role(role: Any) -> None:
-    from . import roles as R
+    from fxq import roles as R
 
     if not isinstance(role, str) or len(role) > ECHO_CHARS:  # never echo a megabyte key
         raise ConfigError(f"unknown role {short(role)}; known roles: {', '.join(R.ALL_ROLES)}")

@@ -3,7 +3,7 @@ calibration documents and files."""
 import json
 
 import fxq
-from fxq.cli import main
+from fxq.cli.main import main
 from tiny_models import TinyAttention, inputs_for
 
 TINY_VIT = dict(hidden_size=64, num_hidden_layers=1, num_attention_heads=4, intermediate_size=128, image_size=32,

@@ -71,9 +71,9 @@ def calibrated():
 @pytest.fixture
 def no_model_load(monkeypatch):
     """Fail the test if the CLI gets as far as loading a model."""
-    import fxq.sources
+    import fxq.cli.sources
 
     def refuse(*a, **k):
         raise AssertionError("the model was loaded before the arguments were checked")
 
-    monkeypatch.setattr(fxq.sources, "load_source", refuse)
+    monkeypatch.setattr(fxq.cli.sources, "load_source", refuse)

@@ -43,7 +43,7 @@ def save_vit_folder(d, n_images: int):
 def save_bert_folder(d):
     """A tiny BERT (2 layers, max_position_embeddings 64) with MiniLM's tokenizer in d/model, and
     d/sentences.txt with three sentences and an empty line."""
-    from fxq.zoo import load_minilm
+    from fxq.cli.zoo import load_minilm
 
     _, tokenizer = load_minilm()
     cfg = transformers.BertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,

@@ -56,7 +56,7 @@ def test_sigterm_during_onnx_save_keeps_old_file(tmp_path):
     code = textwrap.dedent("""
         import sys, time, onnx
         from onnx import helper, TensorProto
-        import fxq.onnx_export as ex
+        import fxq.export.to_onnx as ex
         def slow_check(*a, **k):
             print("writing", flush=True); time.sleep(30)
         ex.onnx.checker.check_model = slow_check

@@ -9,7 +9,7 @@ import transformers
 import fxq
 from cli_runs import TINY_VIT, quantize_tiny
 from fxq import validate
-from fxq.capture import Inputs
+from fxq.capture.program import Inputs
 from fxq.errors import InputError
 from tiny_models import TinyAttention, inputs_for
 
@@ -93,7 +93,7 @@ def test_compare_says_nonfinite_not_sqnr_inf():
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
 def test_round_scale_never_zero_or_subnormal(dtype):
-    from fxq.ops import round_scale
+    from fxq.conversion.ops import round_scale
 
     tiny = torch.finfo(dtype).tiny
     for scale in (1e-45, 1e-30, 1e-9, tiny / 3):
@@ -115,7 +115,7 @@ def test_tiny_weights_fp16_onnx_scales_clamped_not_zero(tmp_path):
     import onnx
     from onnx import numpy_helper
 
-    from fxq.ops import round_scale
+    from fxq.conversion.ops import round_scale
     from fxq.verify import run_onnx
     from onnx_post.checker import check_model
 
@@ -130,7 +130,7 @@ def test_tiny_weights_fp16_onnx_scales_clamped_not_zero(tmp_path):
     assert rep.numeric == [] and rep.ready, rep.format_table()
     (y,) = run_onnx(res.path, x, torch.float16)
     assert np.isfinite(y).all()
-    # The ONNX holds exactly the torch op's scale (fxq.ops.round_scale): clamped to FP16's smallest normal.
+    # The ONNX holds exactly the torch op's scale (fxq.conversion.ops.round_scale): clamped to FP16's smallest normal.
     model = onnx.load(str(res.path))
     inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
     weight_scales = sorted(float(inits[n.input[1]]) for n in model.graph.node

@@ -88,7 +88,7 @@ def test_api_zero_amax_accepted_as_dead_tensor(calibrated):
 
 def test_api_save_calibration_refuses_nan(calibrated, tmp_path):
     key = next(iter(calibrated.amax))
-    from fxq.calib_io import save_calibration
+    from fxq.calibration.io import save_calibration
 
     with pytest.raises(CalibrationError, match=f"amax for '{re.escape(key)}' is nan"):
         save_calibration(tmp_path / "c.json", {key: float("nan")}, "M", {}, 1)
@@ -101,7 +101,7 @@ def test_api_calib_data_and_calibration_both(calibrated):
 
 
 def test_16bit_grey_png_not_clipped_to_white(tmp_path):
-    from fxq.sources import read_images
+    from fxq.cli.sources import read_images
 
     ramp = (np.linspace(0, 65535, 64 * 64).reshape(64, 64)).astype(np.uint16)
     Image.fromarray(ramp).save(tmp_path / "g16.png")
@@ -112,7 +112,7 @@ def test_16bit_grey_png_not_clipped_to_white(tmp_path):
 
 
 def test_photos_of_different_sizes(tmp_path):
-    from fxq.sources import _vision_source, read_images
+    from fxq.cli.sources import _vision_source, read_images
 
     rng = np.random.default_rng(0)
     for i, (h, w) in enumerate([(40, 48), (64, 32), (17, 90)]):

@@ -8,7 +8,7 @@ import torch
 import transformers
 
 from cli_runs import TINY_VIT, cli_error, quantize_argv
-from fxq.cli import main
+from fxq.cli.main import main
 
 
 class _Trap:

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from fxq.cli import main
+from fxq.cli.main import main
 
 
 def test_quantize_vision_folder_end_to_end(vit_folder, tmp_path, capsys):

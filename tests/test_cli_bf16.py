@@ -6,7 +6,7 @@ import onnx
 import pytest
 from onnx import TensorProto
 
-from fxq.cli import main
+from fxq.cli.main import main
 
 
 @pytest.mark.parametrize("kind", ["vision", "text"])

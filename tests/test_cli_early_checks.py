@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from cli_runs import cli_error
-from fxq.cli import main
+from fxq.cli.main import main
 
 ROOT = Path(__file__).parent.parent
 
@@ -63,8 +63,8 @@ def test_vision_builtin_without_data_names_the_image_flags(tmp_path, no_model_lo
 
 
 def test_builtin_kinds_cover_every_builtin():
-    from fxq.cli_checks import BUILTIN_DATA, BUILTIN_KINDS
-    from fxq.sources import BUILTINS
+    from fxq.cli.checks import BUILTIN_DATA, BUILTIN_KINDS
+    from fxq.cli.sources import BUILTINS
 
     assert set(BUILTIN_KINDS) == set(BUILTINS) and BUILTIN_DATA <= set(BUILTIN_KINDS)
 
@@ -78,7 +78,7 @@ def test_quiet_run_restores_warning_filters_and_log_levels(tmp_path, capsys):
 def test_a_run_prints_no_warnings_of_other_libraries(vit_folder, tmp_path):
     """`make demo` showed torch pytree deprecation lines, torchao's kernel-loading lines and a copyreg
     FutureWarning in the middle of the report. A fresh process, as a user runs it (no --quiet)."""
-    argv = [sys.executable, "-m", "fxq.cli", "quantize", str(vit_folder / "model"), "--calib-images",
+    argv = [sys.executable, "-m", "fxq.cli.main", "quantize", str(vit_folder / "model"), "--calib-images",
             str(vit_folder / "images"), "--out", str(tmp_path / "o.onnx")]
     r = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]

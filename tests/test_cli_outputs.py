@@ -6,7 +6,7 @@ import os
 import pytest
 
 from cli_runs import cli_error
-from fxq.cli import main
+from fxq.cli.main import main
 
 
 def digest(path) -> str:

@@ -5,7 +5,7 @@ import re
 from pathlib import Path
 
 from fxq.config import PRESETS
-from fxq.placement import SKIP_REASONS
+from fxq.placement.place import SKIP_REASONS
 from onnx_post.checker import REASONS
 
 ROOT = Path(__file__).parent.parent

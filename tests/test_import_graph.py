@@ -68,8 +68,8 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 def test_cycle_finder_finds_a_planted_cycle():
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
-    known = {"fxq.cli": None, "fxq.cli_common": None, "fxq": None}
-    assert imported("fxq.cli", ROOT / "fxq/cli.py", known) == {"fxq.cli_common"}
+    known = {"fxq.cli.main": None, "fxq.cli.common": None, "fxq": None}
+    assert imported("fxq.cli.main", ROOT / "fxq/cli/main.py", known) == {"fxq.cli.common"}
 
 
 def test_no_import_cycle():

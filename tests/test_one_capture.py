@@ -154,7 +154,7 @@ def test_bad_shape_options_in_a_config_are_refused(kwargs, words):
 
 
 def test_program_in_dtype_refuses_non_float_targets():
-    from fxq.graph_dtype import program_in_dtype
+    from fxq.conversion.graph_dtype import program_in_dtype
 
     qm = fxq.quantize(TinyAttention("mul_after").eval(), inputs_for("mul_after"), [inputs_for("mul_after")],
                       progress=False)

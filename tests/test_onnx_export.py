@@ -130,7 +130,7 @@ def test_export_failure_leaves_no_file(tmp_path, monkeypatch):
     def broken(model):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr("fxq.onnx_export.onnx.checker.check_model", lambda *a, **k: broken(a))
+    monkeypatch.setattr("fxq.export.to_onnx.onnx.checker.check_model", lambda *a, **k: broken(a))
     with pytest.raises(RuntimeError, match="disk full"):
         qm.export_onnx(target)
     assert list(tmp_path.iterdir()) == []
@@ -147,7 +147,7 @@ def test_export_argument_errors(tmp_path):
 
 
 def test_large_models_are_written_with_external_data(tmp_path, monkeypatch):
-    monkeypatch.setattr("fxq.onnx_export.EXTERNAL_DATA_BYTES", 10_000)  # pretend the small model is over 2 GiB
+    monkeypatch.setattr("fxq.export.to_onnx.EXTERNAL_DATA_BYTES", 10_000)  # pretend the small model is over 2 GiB
     qm = fxq.quantize(small_bert(), bert_inputs(), [bert_inputs(4)], progress=False)
     result = qm.export_onnx(tmp_path / "m.onnx")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "m.onnx.data"]

@@ -7,7 +7,7 @@ from onnx import TensorProto, helper
 
 import fxq  # noqa: F401
 import onnx_graphs
-from fxq import ops
+from fxq.conversion import ops
 
 
 def _ort_qdq(x: np.ndarray, scale: np.ndarray) -> np.ndarray:
