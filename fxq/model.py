@@ -1,6 +1,7 @@
 """QuantizedModel: what fxq.quantize returns, whole when built (nothing is set on it afterwards)."""
 from __future__ import annotations
 
+import contextlib
 from typing import TYPE_CHECKING
 
 import torch
@@ -53,6 +54,12 @@ class QuantizedModel(torch.nn.Module):
     @property
     def device(self) -> torch.device:
         return self.source.device
+
+    @contextlib.contextmanager
+    def cache_context(self, name: str, **kwargs):
+        """diffusers pipelines mark each call ("cond", "uncond") for the model's step-caching hooks; the FP8
+        program has no such hooks, so there is nothing to mark."""
+        yield
 
     def __getattr__(self, name: str):
         if name == "config":  # a property raising AttributeError would be masked by nn.Module.__getattr__
