@@ -20,7 +20,8 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import dataclass
+import weakref
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -135,6 +136,14 @@ class Result:
     gemms_ready: int
     attention_ready: str  # "ready/total"
     seconds: dict[str, float]
+    # For a caller that inspects further (the tests): not printed.
+    pipe: object = field(default=None, repr=False)  # its transformer is the quantized model now
+    recording: object = field(default=None, repr=False)  # fxq.record_inputs' Recording of the float run
+    per_step: object = field(default=None, repr=False)  # fxq.compare_steps' StepErrors
+    float_transformer: object = field(default=None, repr=False)  # a weakref: dead once the pipeline dropped it
+
+    def summary(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.repr}
 
 
 def run(family: str, tiny: bool = False, pretrained: str | None = None, steps: int = 8, seed: int = 0,
@@ -159,7 +168,8 @@ def run(family: str, tiny: bool = False, pretrained: str | None = None, steps: i
     per_step = fxq.compare_steps(qm, float_transformer, rec)
     per_step.plot(out / f"{family}_steps.png")
     pipe.transformer = qm  # the drop-in: the pipeline itself is unchanged
-    del float_transformer
+    float_ref = weakref.ref(float_transformer)
+    del float_transformer  # nothing holds it now: qm took what it needs at quantize time
     t = time.perf_counter()
     with torch.no_grad():
         quantized = images()
@@ -172,7 +182,7 @@ def run(family: str, tiny: bool = False, pretrained: str | None = None, steps: i
     attention = f"{sum(a.ready for a in rep.attention)}/{len(rep.attention)}"
     return Result(family, rec.calls, qm.calibration_batches, image_similarity(reference, quantized),
                   min(r.cosine for r in per_step.rows), str(exported.path), rep.ready,
-                  sum(g.ready for g in rep.gemms), attention, seconds)
+                  sum(g.ready for g in rep.gemms), attention, seconds, pipe, rec, per_step, float_ref)
 
 
 def main(argv=None) -> Result:
@@ -183,12 +193,14 @@ def main(argv=None) -> Result:
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dtype", choices=sorted(DTYPES), default="bfloat16")
+    p.add_argument("--onnx-dtype", choices=sorted(DTYPES), help="default: float16 for a float32 model, else --dtype")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--max-batches", type=int, default=16, help="recorded calls kept for calibration")
     p.add_argument("--out", type=Path, default=Path("diffusion_out"))
     a = p.parse_args(argv)
-    res = run(a.family, a.tiny, a.pretrained, a.steps, a.seed, DTYPES[a.dtype], a.device, a.out, a.max_batches)
-    print(json.dumps(res.__dict__, indent=1))
+    res = run(a.family, a.tiny, a.pretrained, a.steps, a.seed, DTYPES[a.dtype], a.device, a.out, a.max_batches,
+              DTYPES[a.onnx_dtype] if a.onnx_dtype else None)
+    print(json.dumps(res.summary(), indent=1))
     return res
 
 
