@@ -4,6 +4,7 @@ import importlib.util
 import sys
 from pathlib import Path
 
+import onnx
 import pytest
 import torch
 from torch import nn
@@ -46,6 +47,8 @@ def test_every_gemm_and_attention_block_ready_in_the_onnx(dit):
     assert dit.ready and dit.attention_ready == "2/2"
     assert dit.gemms_ready == 17  # 13 linear + 4 attention BMMs; timestep and class-embedding GEMVs skipped
     assert dit.pipe.transformer.placement.count("linear.weight") == 13
+    graph = onnx.load(dit.onnx, load_external_data=False).graph
+    assert [o.name for o in graph.output] == ["sample"]  # the Transformer2DModelOutput's key
 
 
 def test_per_step_error_over_the_recorded_calls(dit):
