@@ -104,7 +104,7 @@ class Denoiser(nn.Module):
         super().__init__()
         self.fc1, self.fc2 = nn.Linear(32, 64), nn.Linear(64, 32)
 
-    def forward(self, hidden_states, timestep, scale=1.0, return_dict=True):
+    def forward(self, hidden_states, timestep, scale=1.0, attention_kwargs=None, return_dict=True):
         out = self.fc2(torch.relu(self.fc1(hidden_states + timestep[:, None, None]))) * scale
         return {"sample": out} if return_dict else (out,)
 
@@ -112,18 +112,22 @@ class Denoiser(nn.Module):
 def test_captured_non_tensor_values_must_match():
     model = Denoiser().eval()
     x, t = torch.randn(2, 16, 32), torch.tensor([0.5, 0.5])
-    example = {"hidden_states": x, "timestep": t, "return_dict": False}
+    # Flux's pipeline passes joint_attention_kwargs={}: a dict among dynamic-batch inputs is captured as a constant.
+    example = {"hidden_states": x, "timestep": t, "attention_kwargs": {}, "return_dict": False}
     qm = fxq.quantize(model, example, [example], progress=False)
     with torch.no_grad():
-        (y,) = qm(x, t, return_dict=False)
-        assert torch.equal(y, qm(hidden_states=x, timestep=t, return_dict=False, scale=1.0)[0])
+        (y,) = qm(x, t, attention_kwargs={}, return_dict=False)
+        assert torch.equal(y, qm(hidden_states=x, timestep=t, return_dict=False, scale=1.0, attention_kwargs={})[0])
+        assert qm(torch.cat([x, x, x]), t.repeat(3), attention_kwargs={}, return_dict=False)[0].shape == (6, 16, 32)
         ref = model(x, t, return_dict=False)[0]
     assert torch.nn.functional.cosine_similarity(y.flatten(), ref.flatten(), dim=0) > 0.99
     with pytest.raises(InputError, match=r"argument 'return_dict' is True in this call but was False when this model "
                                          r"was captured.*fix: quantize with example inputs that pass return_dict=True"):
-        qm(x, t)
+        qm(x, t, attention_kwargs={})
+    with pytest.raises(InputError, match=r"argument 'attention_kwargs' is None in this call but was \{\}"):
+        qm(x, t, return_dict=False)
     with pytest.raises(InputError, match=r"argument 'scale'=2.0 was not passed"):
-        qm(x, t, scale=2.0, return_dict=False)
+        qm(x, t, scale=2.0, attention_kwargs={}, return_dict=False)
     assert qm.dtype == torch.float32 and qm.device == torch.device("cpu")
     with pytest.raises(AttributeError, match=r"source model has no `config`; fxq's QuantConfig is `qm.quant_config`"):
         qm.config
