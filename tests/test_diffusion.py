@@ -1,8 +1,11 @@
 """Diffusion pipelines on the CPU: a tiny DiTPipeline recorded, quantized in BF16, the FP8 transformer dropped in,
 exported and checked (examples/diffusion.py --tiny, run in-process); drop-in attributes and call forms."""
+import gc
 import importlib.util
 import sys
+import weakref
 from pathlib import Path
+from types import SimpleNamespace
 
 import onnx
 import pytest
@@ -131,3 +134,18 @@ def test_captured_non_tensor_values_must_match():
     assert qm.dtype == torch.float32 and qm.device == torch.device("cpu")
     with pytest.raises(AttributeError, match=r"source model has no `config`; fxq's QuantConfig is `qm.quant_config`"):
         qm.config
+
+
+def test_config_dtype_device_are_taken_once_from_the_source():
+    model = Denoiser().eval().to(torch.bfloat16)
+    model.config = SimpleNamespace(sample_size=16, in_channels=32)
+    x, t = torch.randn(2, 16, 32, dtype=torch.bfloat16), torch.tensor([0.5, 0.5], dtype=torch.bfloat16)
+    qm = fxq.quantize(model, (x, t), [(x, t)], progress=False)
+    model.config.sample_size = 64  # the source changes afterwards: the quantized model's copy does not
+    ref = weakref.ref(model)
+    del model
+    gc.collect()
+    assert ref() is None  # nor does it keep the source alive
+    assert qm.config.sample_size == 16 and qm.config.in_channels == 32 and qm.dtype == torch.bfloat16
+    with torch.no_grad():
+        assert qm(x, t)["sample"].dtype == torch.bfloat16
