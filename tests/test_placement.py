@@ -6,7 +6,7 @@ import fxq
 from fxq import roles as R
 from fxq.placement.attention import find_attention_blocks
 from fxq.capture.program import capture
-from fxq.placement import place
+from fxq.placement.place import place
 from fxq.capture.transforms import canonicalize
 from fxq.verify import compare
 from tiny_models import SCALE_AFTER_BMM1, SPELLINGS, TinyAttention, inputs_for

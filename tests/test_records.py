@@ -12,7 +12,7 @@ from fxq.capture.program import Inputs, capture, capture_program
 from fxq.calibration.hessian import insert_hessian_observers, weight_readers
 from fxq.conversion.insert import FLOAT_WEIGHT, OBSERVER, insert_observers, remove_observers, weight_layouts
 from fxq.placement.matchers import record_sites
-from fxq.placement import place
+from fxq.placement.place import place
 from fxq.pt2e import FxqQuantizer
 from fxq.capture.transforms import TransformCounts, canonicalize
 from tiny_models import TinyAttention, inputs_for

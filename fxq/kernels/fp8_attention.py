@@ -12,7 +12,7 @@ needs, so that transpose costs nothing extra) and calls the custom op `torch.ops
 which takes the E4M3 codes. The op has a fake implementation, so it works under torch.compile and in
 CUDA graphs. Where the kernel cannot run (no CUDA or Triton, a GPU before sm_90, a head dim other than
 64 or 128, an fp32 output) the op runs the plain-torch reference and warns once with the reason;
-`kernel_unsupported_reason` says in advance which path a call takes (fxq.lower.driver records it).
+`kernel_unsupported_reason` says in advance which path a call takes (fxq.lower records it).
 
 Numerics, and the decision (measured on an H200, results/gpu_fp8_attention.md):
 The graph rounds the normalised probabilities P = softmax(S) to E4M3 at p_scale. A one-pass online

@@ -1,4 +1,4 @@
-"""fxq.lower.driver, pass 1: attention blocks -> one scaled_dot_product_attention each.
+"""fxq.lower, pass 1: attention blocks -> one scaled_dot_product_attention each.
 
 BMM1 -> [scale, mask, casts] -> softmax -> [casts, dropout, probs Q/DQ] -> BMM2 becomes one SDPA call
 (flash / cuDNN on a GPU). Q already carries the attention scale; provably zero additive masks are

@@ -1,4 +1,4 @@
-"""fxq.lower.driver: run a QuantizedModel on real FP8 kernels in PyTorch (torch._scaled_mm, SDPA, Inductor).
+"""fxq.lower: run a QuantizedModel on real FP8 kernels in PyTorch (torch._scaled_mm, SDPA, Inductor).
 
 `lower(qm)` copies qm's quantized graph and rewrites the copy in four passes (one module each); each
 returns how often it fired (kept in `LoweredModel.stats`). The passes find attention blocks and GEMMs
@@ -37,7 +37,7 @@ from fxq.lower.ops import DEQUANT, QDQ, fake_quant, fp8_linear, quantize_fp8, to
 
 
 class LowerError(FxqError, ValueError):
-    """fxq.lower.driver was given something it cannot lower."""
+    """fxq.lower was given something it cannot lower."""
 
 
 # ---- the result ----
@@ -58,7 +58,7 @@ class LowerStats:
 
 
 class LoweredModel(torch.nn.Module):
-    """What fxq.lower.driver returns: a GraphModule of real FP8 kernels, plus the pass counts."""
+    """What fxq.lower returns: a GraphModule of real FP8 kernels, plus the pass counts."""
 
     def __init__(self, graph_module: GraphModule, stats: LowerStats):
         super().__init__()
@@ -75,10 +75,10 @@ def _check(qm, dtype) -> None:
     from fxq.quantize import QuantizedModel
 
     if not isinstance(qm, QuantizedModel):
-        raise LowerError(f"fxq.lower.driver takes the fxq.QuantizedModel that fxq.quantize returns, got {type(qm).__name__}; "
+        raise LowerError(f"fxq.lower takes the fxq.QuantizedModel that fxq.quantize returns, got {type(qm).__name__}; "
                          "fix: qm = fxq.quantize(model, example_inputs, calib_data); fast = fxq.lower(qm)")
     if dtype not in DTYPES:
-        raise LowerError(f"fxq.lower.driver builds fp16 or bf16 models, got dtype={dtype}; "
+        raise LowerError(f"fxq.lower builds fp16 or bf16 models, got dtype={dtype}; "
                          "fix: pass dtype=torch.float16 or dtype=torch.bfloat16")
 
 

@@ -1,4 +1,4 @@
-"""fxq.lower.driver, passes 3 and 4: the remaining Q/DQ as fusable ATen ops, and the whole graph in fp16/bf16.
+"""fxq.lower, passes 3 and 4: the remaining Q/DQ as fusable ATen ops, and the whole graph in fp16/bf16.
 
 decompose_qdq: every other `fxq.fp8_qdq` (attention q/k/v, GEMMs left in float) becomes plain ATen
 ops, so Inductor fuses it into the op that produces its input (a custom op is opaque to it).

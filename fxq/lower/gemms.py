@@ -1,4 +1,4 @@
-"""fxq.lower.driver, pass 2: GEMMs whose input and weight both carry an FP8 quantizer -> torch._scaled_mm.
+"""fxq.lower, pass 2: GEMMs whose input and weight both carry an FP8 quantizer -> torch._scaled_mm.
 
 `torch._scaled_mm(x_fp8, W_fp8[N, K].t(), scale_x, scale_w, bias, out_dtype, use_fast_accum=True)`.
 The GEMMs are the ones capture recorded (fxq.placement.records.GemmRecord): which argument is the input, the

@@ -1,4 +1,4 @@
-"""What fxq.lower.driver's graphs call (plain PyTorch, so Dynamo and Inductor trace straight through), and
+"""What fxq.lower's graphs call (plain PyTorch, so Dynamo and Inductor trace straight through), and
 the fxq ops they replace."""
 from __future__ import annotations
 
