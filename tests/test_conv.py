@@ -105,7 +105,7 @@ def test_family_placement_counts_and_reasons(name):
 
 
 @pytest.mark.parametrize("name,dtype,bound", [
-    ("whisper", torch.float16, 0.99999),  # the bound the GEMM models' FP16 exports meet (test_onnx_export.py)
+    ("whisper", torch.float16, 0.99999),  # the GEMM models' FP16 bound (test_onnx_export.py); measured 0.9999997
     # FP32: a diffusers UNet's FP16 export stops at its float32 timestep embedding (InputError, with or
     # without conv roles); the FP32 graph is the fake-quant model itself, so its bound is the FP32 one
     ("unet", torch.float32, 0.9999999),
@@ -165,7 +165,7 @@ def test_onnx_structure_checker_and_onnxruntime(tmp_path, dtype, elem, axis):
     ort = run_onnx(path, x, dtype)[0]
     assert np.isfinite(ort).all()
     got = compare(first_output(qm(x)), ort)
-    assert got["cosine"] > (0.99999 if dtype == torch.float16 else 0.999), got  # GEMM models' bound for FP16
+    assert got["cosine"] > (0.99999 if dtype == torch.float16 else 0.999), got  # measured 0.9999926 FP16, 0.99997 BF16
 
 
 def _conv_graph(x_fp8=True, w_fp8=True, group=1, cin=32, cout=32, k=3, w_zero=0.0):
