@@ -30,7 +30,9 @@ def test_vit_has_14_sites_per_layer_and_168_in_all(vit_results):
             assert counts == PER_LAYER, (attn, layer)
         # The classifier reads the CLS token only: a GEMV, left in float by default.
         assert [s for s in p.sites if s.module == "classifier"] == []
-        assert [(k.module, k.reason) for k in p.skips] == [("classifier", "gemv")] and p.attention_blocks == 12
+        assert [(k.module, k.reason) for k in p.skips] == [("classifier", "gemv"),  # and the 3-channel patch conv
+                                                           ("vit.embeddings.patch_embeddings.projection",
+                                                            "conv_channels_not_16")] and p.attention_blocks == 12
 
 
 def test_vit_eager_and_sdpa_place_identically(vit_results):
