@@ -32,7 +32,7 @@ def warn_if_nothing_to_do(p: Placement) -> bool:
     """Warn once when `p` quantizes nothing. Returns whether it warned."""
     message = nothing_to_do(p)
     if message is not None:
-        warnings.warn(message, UserWarning, stacklevel=3)
+        warnings.warn(message, UserWarning, stacklevel=4)  # the user's fxq.quantize / fxq.sensitivity call
     return message is not None
 
 

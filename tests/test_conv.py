@@ -225,7 +225,9 @@ def test_warns_once_when_nothing_is_fp8():
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         fxq.quantize(model, x, [x], progress=False)
-    (w,) = [str(c.message) for c in caught if "FP8 sites" in str(c.message)]
+    (found,) = [c for c in caught if "FP8 sites" in str(c.message)]
+    w = str(found.message)
+    assert found.filename == __file__  # points at the user's fxq.quantize call
     assert w.startswith("fxq: 0 FP8 sites: 3 convs skipped (conv_channels_not_16 x2, conv_grouped x1); 0 GEMMs;")
     _, p = _placed(ResBlock().eval(), torch.randn(2, 3, 16, 16))
     assert nothing_to_do(p) is None
