@@ -186,8 +186,9 @@ def _conv_graph(x_fp8=True, w_fp8=True, group=1, cin=32, cout=32, k=3, w_zero=0.
     else:
         inits.append(const("w", w))
         wname = "w"
-    nodes.append(helper.make_node("Conv", [x, wname], ["y"], group=group, pads=[1, 1, 1, 1] if k == 3 else [0] * 4))  # k=7: 2x2 out
-    return onnx_model(nodes, [("x", FP16, [1, cin, 8, 8])], [("y", FP16, [1, cout, *([8, 8] if k == 3 else [2, 2])])], inits)
+    pads, out = ([1] * 4, [8, 8]) if k == 3 else ([0] * 4, [2, 2])  # k=7 unpadded: 2x2 out
+    nodes.append(helper.make_node("Conv", [x, wname], ["y"], group=group, pads=pads))
+    return onnx_model(nodes, [("x", FP16, [1, cin, 8, 8])], [("y", FP16, [1, cout, *out])], inits)
 
 
 @pytest.mark.parametrize("kwargs,reasons,ready,skipped", [

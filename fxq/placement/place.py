@@ -60,7 +60,8 @@ SKIP_REASONS = {
     "probs_without_qkv": "softmax output left in float because Q, K or V is not quantized "
     "(a lone softmax Q/DQ blocks TensorRT's attention fusion)",
     # TensorRT's FP8 convolution rules (fxq/placement/convs.py cites where they come from).
-    "conv_grouped": "grouped or depthwise convolution (groups > 1): TensorRT has no FP8 kernel for it, it stays in float",
+    "conv_grouped": "grouped or depthwise convolution (groups > 1): TensorRT has no FP8 kernel for it, "
+    "it stays in float",
     "conv_channels_not_16": "convolution whose input or output channels are not a multiple of 16 (an RGB stem, "
     "a 4-channel latent): TensorRT's FP8 convolution kernels need both, it stays in float",
     "conv_kernel_too_large": "convolution whose filter has more than 32 taps (a 7x7 kernel): TensorRT has "
