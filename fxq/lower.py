@@ -15,8 +15,9 @@ from the records capture wrote into node meta (fxq.records), which the copy keep
    One quantize node per quantizer: a LayerNorm output read by Q, K and V is quantized once.
 3. `decompose_qdq` (fxq/lower_dtype.py): every other `fxq.fp8_qdq` (attention q/k/v, GEMMs left in float)
    becomes plain ATen ops, so Inductor fuses it into the op that produces its input (a custom op is opaque to it).
-4. `cast_graph` (fxq/lower_dtype.py): parameters, constants, float inputs and the fp32 literals of the capture
-   (softmax upcasts, full(dtype=float32), finfo(float32).min masks) move to fp16/bf16.
+4. `cast_graph` (fxq/lower_dtype.py): parameters, constants and float inputs move to fp16/bf16; dtype
+   literals follow fxq/graph_dtype.py's rule, shared with the ONNX export: the model's own dtype becomes
+   fp16/bf16, its deliberate upcasts (a BF16 model's fp32 timestep embedding, fp64 RoPE) stay.
 
 Scales are fp32 0-d device buffers: no .item(), no host sync, safe to capture in a CUDA graph. What
 the lowered graph calls (quantize_fp8, fake_quant, fp8_linear) is in fxq/lower_kernels.py.
@@ -30,6 +31,7 @@ import torch
 from torch.fx import GraphModule
 
 from .errors import FxqError
+from .graph_dtype import captured_dtype
 from .lower_attention import fuse_attention
 from .lower_dtype import DTYPES, cast_graph, cast_literals, decompose_qdq  # noqa: F401  (importable from here)
 from .lower_gemms import GEMM_MULTIPLE, Buffers, lower_gemms, weight_fp8  # noqa: F401
@@ -107,12 +109,13 @@ def lower(qm, dtype: torch.dtype = torch.float16, *, attention: bool = True, kee
     if device.type == "cuda" and torch.cuda.get_device_capability(device) < (8, 9):
         raise LowerError(f"FP8 GEMMs need an Ada or Hopper GPU (compute capability 8.9+), {device} is "
                          f"{torch.cuda.get_device_capability(device)}; fix: lower on such a GPU (or on CPU for tests)")
+    captured = captured_dtype(gm.parameters())  # before any pass: the dtype literals of the model's own dtype carry
     buffers = Buffers(gm, device)
     fused, fp8_qkv, dropped, reasons = fuse_attention(gm, keep_qkv_qdq) if attention else (0, 0, 0, ["attention=False"])
     kept = qm.placement.attention_blocks - fused
     fp8, flt, quantizers = lower_gemms(gm, dtype, buffers)
     decomposed = decompose_qdq(gm, dtype, buffers)
-    literals = cast_graph(gm, dtype, device)
+    literals = cast_graph(gm, dtype, captured, device)
     gm.graph.eliminate_dead_code()
     _drop_unread_tensors(gm)
     gm.graph.lint()
