@@ -8,6 +8,9 @@ from torch.fx import Node
 from onnx_post import fp8
 
 from .insert import DEQUANT, QDQ  # noqa: F401  (the fxq ops lower replaces)
+from .kernels import fp8_attention_codes  # noqa: F401  (registers torch.ops.fxq.fp8_attention)
+
+FP8_ATTENTION = torch.ops.fxq.fp8_attention.default
 
 
 def is_qdq(node) -> bool:
@@ -35,3 +38,15 @@ def fp8_linear(x: torch.Tensor, w: torch.Tensor, scale_x: torch.Tensor, scale_w:
 
 def to_dtype(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return x.to(dtype) if x.is_floating_point() else x
+
+
+def quantize_values(v: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """E4M3 codes of v (B, H, T, D) stored with the key axis contiguous: the layout Hopper's FP8 P V product
+    reads (fxq/kernels/fp8_attention.py); the transpose is fused into the quantize kernel."""
+    return quantize_fp8(v.transpose(-1, -2), scale).contiguous().transpose(-1, -2)
+
+
+def additive_mask(cond: torch.Tensor, drop_where_true: bool) -> torch.Tensor:
+    """A boolean mask as the additive fp32 mask the FP8 attention op takes (0 keeps, -inf drops)."""
+    drop = cond if drop_where_true else ~cond
+    return torch.zeros(drop.shape, dtype=torch.float32, device=drop.device).masked_fill(drop, float("-inf"))
