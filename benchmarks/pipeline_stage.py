@@ -22,7 +22,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def load_model(name: str) -> torch.nn.Module:
-    from fxq import zoo
+    from fxq.cli import zoo
 
     if name == "minilm":
         return zoo.load_minilm()[0]

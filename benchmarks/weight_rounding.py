@@ -22,14 +22,15 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import fxq  # noqa: E402
-from fxq import weight_rounding as wr, zoo  # noqa: E402
-from fxq.capture import Inputs, capture_program  # noqa: E402
-from fxq.calibrate import run_calibration  # noqa: E402
+from fxq.accuracy import weight_rounding as wr  # noqa: E402
+from fxq.cli import zoo
+from fxq.capture.program import Inputs, capture_program  # noqa: E402
+from fxq.calibration.run import run_calibration  # noqa: E402
 from fxq.graph_utils import state_name  # noqa: E402
-from fxq.hessian import insert_hessian_observers, weight_hessians, weight_readers  # noqa: E402
-from fxq.insert import remove_observers, state_tensors  # noqa: E402
-from fxq.weight_codes import GPTQ_OPTIONS, channel_scale  # noqa: E402
-from fxq.placement import place  # noqa: E402
+from fxq.calibration.hessian import insert_hessian_observers, weight_hessians, weight_readers  # noqa: E402
+from fxq.conversion.insert import remove_observers, state_tensors  # noqa: E402
+from fxq.conversion.weight_codes import GPTQ_OPTIONS, channel_scale  # noqa: E402
+from fxq.placement.place import place  # noqa: E402
 from fxq.verify import first_output  # noqa: E402
 
 from benchmarks import datasets as D  # noqa: E402

@@ -12,11 +12,12 @@ import re
 from dataclasses import dataclass, field
 from typing import Mapping
 
-from . import roles as R
-from .errors import ConfigError
+from fxq import roles as R
+from fxq import validate
+from fxq.errors import ConfigError
 
 CALIBRATORS = ("max", "percentile")
-WEIGHT_ROUNDINGS = ("nearest", "gptq")  # how FP8 weight codes are chosen (fxq/weight_rounding.py)
+WEIGHT_ROUNDINGS = ("nearest", "gptq")  # how FP8 weight codes are chosen (fxq/accuracy/weight_rounding.py)
 WEIGHT_AXES = (None, 0)  # None: one scale per weight; 0: one per output channel
 CONFIG_VERSION = 1
 
@@ -107,7 +108,7 @@ class QuantConfig:
     # (equal names share a dim, "auto" lets export decide); None: fxq's default (dynamic batch).
     dynamic_shapes: Mapping | None = None
     # GEMM / attention group ids ("<module>:gemm", "<module>:attention") left in FP16, as chosen
-    # by fxq.Fallback (or by hand from fxq.sensitivity); the placement skips them (reason "fallback").
+    # by fxq.Fallback (or by hand from fxq.accuracy.sensitivity); the placement skips them (reason "fallback").
     fallback: tuple[str, ...] = ()
 
     def __post_init__(self):
@@ -158,10 +159,17 @@ class QuantConfig:
         }
 
     @classmethod
-    def from_dict(cls, d: Mapping) -> "QuantConfig":
-        from .validate import config_dict
+    def from_file(cls, path) -> "QuantConfig":
+        """Read a QuantConfig from a JSON file (to_dict format), every failure a ConfigError naming the file."""
+        doc = validate.json_file(path, "config file", ConfigError, "write one with json.dump(config.to_dict(), f)")
+        try:
+            return cls.from_dict(doc)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"config file {path} is not a valid fxq config: {e}") from None
 
-        config_dict(d)  # shape and types, a ConfigError naming the field (fxq/validate.py)
+    @classmethod
+    def from_dict(cls, d: Mapping) -> "QuantConfig":
+        validate.config_dict(d)  # shape and types, a ConfigError naming the field (fxq/validate.py)
         d = dict(d)
         version = d.pop("version", CONFIG_VERSION)
         if version != CONFIG_VERSION:

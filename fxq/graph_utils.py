@@ -75,7 +75,7 @@ def copy_module_stack(new: Node, like: Node) -> None:
 
 def state_name(node) -> str | None:
     """The parameter/buffer/constant a node reads directly: a get_attr target, or a placeholder that
-    capture tagged as lifted state (fxq.capture.tag_state). None for everything else."""
+    capture tagged as lifted state (fxq.capture.program.tag_state). None for everything else."""
     if not isinstance(node, Node):
         return None
     if node.op == "get_attr":

@@ -6,14 +6,14 @@ from typing import TYPE_CHECKING
 import torch
 from torch.fx import GraphModule
 
-from .calib_io import Calibration
-from .capture import Inputs
-from .config import QuantConfig
-from .placement import Placement
-from .report import Report
+from fxq.calibration.io import Calibration
+from fxq.capture.program import Inputs
+from fxq.config import QuantConfig
+from fxq.placement.place import Placement
+from fxq.report import Report
 
 if TYPE_CHECKING:
-    from .fallback import FallbackPlan
+    from fxq.accuracy.fallback import FallbackPlan
 
 
 class QuantizedModel(torch.nn.Module):
@@ -81,6 +81,6 @@ class QuantizedModel(torch.nn.Module):
         self.calibration.save(path)
 
     def export_onnx(self, path, **kwargs):
-        from .onnx_export import export_onnx
+        from fxq.export.to_onnx import export_onnx
 
         return export_onnx(self, path, **kwargs)

@@ -3,7 +3,7 @@
     Request.check -> calibrated (capture -> place -> calibrate) -> [fallback_search -> place_again] -> convert
 
 The model is torch.exported once. Calibration leaves the program float (observers removed); the
-fallback search measures a fake-quant view of it (fxq/fake_quant_view.py) against its own float
+fallback search measures a fake-quant view of it (fxq/conversion/fake_quant_view.py) against its own float
 outputs, and placing again on the same program is all a fallback costs. Only `convert` writes the
 Q/DQ nodes and FP8 weights into the program.
 """
@@ -19,21 +19,22 @@ from typing import Any, Iterable
 import torch
 from torch.fx import GraphModule
 
-from . import ops, validate
-from .calib_io import Calibration
-from .calibrate import run_calibration
-from .capture import Inputs, capture_program, dynamic_shapes_from_json
-from .config import QuantConfig
-from .errors import CalibrationError, ConfigError, InputError
-from .fake_quant_view import fake_quant_view
-from .fallback import Fallback, FallbackPlan, search
-from .groups import Evaluator
-from .hessian import insert_hessian_observers, weight_hessians, weight_readers
-from .insert import WeightCodes, insert_observers, insert_qdq, own_state, quantize_weights, remove_observers, weight_amax
-from .memory import release_free_memory
-from .model import QuantizedModel
-from .placement import Placement, Site, place
-from .weight_codes import codes_chooser
+from fxq import validate
+from fxq.conversion import ops
+from fxq.calibration.io import Calibration
+from fxq.calibration.run import run_calibration
+from fxq.capture.program import Inputs, capture_program, dynamic_shapes_from_json
+from fxq.config import QuantConfig
+from fxq.errors import CalibrationError, ConfigError, InputError
+from fxq.conversion.fake_quant_view import fake_quant_view
+from fxq.accuracy.fallback import Fallback, FallbackPlan, search
+from fxq.accuracy.groups import Evaluator
+from fxq.calibration.hessian import insert_hessian_observers, weight_hessians, weight_readers
+from fxq.conversion.insert import WeightCodes, insert_observers, insert_qdq, own_state, quantize_weights, remove_observers, weight_amax
+from fxq.memory import release_free_memory
+from fxq.model import QuantizedModel
+from fxq.placement.place import Placement, Site, place
+from fxq.conversion.weight_codes import codes_chooser
 
 
 @dataclass(frozen=True)
@@ -121,7 +122,7 @@ class StageClock:
 
 class ChosenCodes:
     """Each weight's FP8 codes, chosen once (nearest or GPTQ) and read by both the fake-quant view and
-    convert: the codes_for hook of fxq.insert.quantize_weights, memoised by site key."""
+    convert: the codes_for hook of fxq.conversion.insert.quantize_weights, memoised by site key."""
 
     def __init__(self, chooser):
         self.chooser = chooser

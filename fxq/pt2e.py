@@ -6,8 +6,8 @@
     quantized = convert_pt2e(prepared, fold_quantize=False)
 
 gives the same fp8_qdq nodes, at the same places, as fxq.quantize. torchao's contract: the graph is
-reshaped in `transform_for_annotation` (fxq.transforms.canonicalize, which fxq.capture already ran:
-again it fires 0 times, and it records every site), `annotate` only reads (fxq.placement.place) and
+reshaped in `transform_for_annotation` (fxq.capture.transforms.canonicalize, which fxq.capture.program already ran:
+again it fires 0 times, and it records every site), `annotate` only reads (fxq.placement.place.place) and
 writes annotations; torchao inserts observers; each observer's convert() emits fxq's fp8_qdq op.
 """
 from __future__ import annotations
@@ -18,11 +18,11 @@ from torchao.quantization.pt2e.observer import ObserverBase
 from torchao.quantization.pt2e.quantizer import (QuantizationAnnotation, QuantizationSpec, Quantizer,
                                                  SharedQuantizationSpec)
 
-from . import ops
-from .config import QuantConfig, TensorSpec
-from .observers import make_observer
-from .placement import Placement, place
-from .transforms import TransformCounts, canonicalize
+from fxq.conversion import ops
+from fxq.config import QuantConfig, TensorSpec
+from fxq.calibration.observers import make_observer
+from fxq.placement.place import Placement, place
+from fxq.capture.transforms import TransformCounts, canonicalize
 
 _ANNOTATION = "quantization_annotation"
 

@@ -11,10 +11,10 @@ from typing import Any, Iterable, Mapping
 
 import torch
 
-from .config import QuantConfig
-from .fallback import Fallback
-from .model import QuantizedModel
-from .pipeline import Request, StageClock, calibrated, convert, fallback_search, quantized_model
+from fxq.config import QuantConfig
+from fxq.accuracy.fallback import Fallback
+from fxq.model import QuantizedModel
+from fxq.pipeline import Request, StageClock, calibrated, convert, fallback_search, quantized_model
 
 __all__ = ["quantize", "QuantizedModel"]
 
@@ -46,7 +46,7 @@ def quantize(
     dynamic_shapes: torch.export dynamic_shapes to use instead (or QuantConfig.dynamic_shapes, JSON
         form; giving both is an error unless they agree).
     fallback: fxq.Fallback(eval_data, max_error): leave in FP16 the fewest FLOPs that bring the
-        metric within max_error (see fxq/fallback.py); `qm.fallback_plan` says what it chose.
+        metric within max_error (see fxq/accuracy/fallback.py); `qm.fallback_plan` says what it chose.
     """
     req = Request.check(model, example_inputs, calib_data, config, calibration, fallback,
                         dynamic_batch, dynamic_seq, dynamic_shapes, progress)

@@ -4,8 +4,8 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from . import ops
-from .placement import SKIP_REASONS, Placement
+from fxq.conversion import ops
+from fxq.placement.place import SKIP_REASONS, Placement
 
 
 @dataclass
@@ -33,7 +33,7 @@ class Report:
     def summary(self) -> str:
         p = self.placement
         roles = ", ".join(f"{r} {n}" for r, n in sorted(p.role_counts().items()))
-        from .groups import fp8_attention_blocks, fp8_gemm_flop_share, fp8_gemms
+        from fxq.accuracy.groups import fp8_attention_blocks, fp8_gemm_flop_share, fp8_gemms
 
         # Counted from the sites, not from the skips: a GEMM whose input an override left in float
         # is not skipped, and not quantized either.

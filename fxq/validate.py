@@ -14,8 +14,8 @@ from numbers import Real
 from pathlib import Path
 from typing import Any, Mapping
 
-from .errors import CalibrationError, ConfigError, InputError
-from .validate_files import ECHO_CHARS, json_file, output_path, short  # noqa: F401  (fxq.validate is the one entry point)
+from fxq.errors import CalibrationError, ConfigError, InputError
+from fxq.validate_files import ECHO_CHARS, json_file, output_path, short  # noqa: F401  (fxq.validate is the one entry point)
 
 MIN_OPSET = 19  # first opset with FLOAT8E4M3FN QuantizeLinear/DequantizeLinear
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
@@ -93,7 +93,7 @@ def _spec_dict(spec: Any, field: str) -> None:
 
 
 def _role(role: Any) -> None:
-    from . import roles as R
+    from fxq import roles as R
 
     if not isinstance(role, str) or len(role) > ECHO_CHARS:  # never echo a megabyte key
         raise ConfigError(f"unknown role {short(role)}; known roles: {', '.join(R.ALL_ROLES)}")
@@ -135,17 +135,6 @@ def config_dict(d: Any) -> None:
     for name in _INT_FIELDS:
         if name in d and (isinstance(d[name], bool) or not isinstance(d[name], int)):
             raise _type_error(name, "a whole number", d[name])
-
-
-def config_file(path: Path):
-    """Read a QuantConfig from a JSON file, every failure a ConfigError naming the file."""
-    from .config import QuantConfig
-
-    doc = json_file(path, "config file", ConfigError, "write one with json.dump(config.to_dict(), f)")
-    try:
-        return QuantConfig.from_dict(doc)
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"config file {path} is not a valid fxq config: {e}") from None
 
 
 # -- models and example inputs ---------------------------------------------------------------
@@ -204,12 +193,14 @@ def _is_hf_model(m) -> bool:
     return transformers is not None and isinstance(m, transformers.PreTrainedModel)
 
 
-def seq_len(n: int, max_positions: Any = None) -> None:
+def seq_len(n: int, max_positions: Any = None, name: str = "seq_len") -> None:
+    """A sequence length: a whole number >= 1, within the model's positions. `name` is how the caller
+    spells the setting (the CLI passes "--seq-len"; both accept the fix written as name=value)."""
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise InputError(f"--seq-len must be a positive whole number, got {n!r}; fix: e.g. --seq-len 128")
+        raise InputError(f"{name} must be a positive whole number, got {n!r}; fix: e.g. {name}=128")
     if isinstance(max_positions, int) and not isinstance(max_positions, bool) and n > max_positions:
-        raise InputError(f"--seq-len {n} exceeds the model's max_position_embeddings ({max_positions}); "
-                         f"fix: pass --seq-len {max_positions} or less")
+        raise InputError(f"{name} {n} exceeds the model's max_position_embeddings ({max_positions}); "
+                         f"fix: {name}={max_positions} or less")
 
 
 # -- export options and files ----------------------------------------------------------------

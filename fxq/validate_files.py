@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .errors import InputError
+from fxq.errors import InputError
 
 MAX_JSON_BYTES = 64 * 2**20  # a calibration of a 10k-tensor model is well under 2 MiB
 MAX_JSON_DEPTH = 32  # fxq's documents nest 4 deep; json recurses once per level

@@ -10,7 +10,7 @@ import torch
 
 from onnx_post.runtime import onnx_session  # noqa: F401  (fxq callers import it from here)
 
-from .capture import Inputs
+from fxq.capture.program import Inputs
 
 
 def _flat(x) -> np.ndarray:
@@ -56,11 +56,11 @@ UPCAST_NOTE = "verified on an FP32 upcast copy (onnxruntime's CPU provider has n
 
 def _runnable(path, tmpdir: Path):
     """What onnxruntime can run for `path`: the file itself, or an FP32 upcast copy written in
-    `tmpdir` when it holds BF16 (fxq/upcast.py); the copy's weights go to a .data file, so models
+    `tmpdir` when it holds BF16 (fxq/export/upcast.py); the copy's weights go to a .data file, so models
     past protobuf's 2 GiB work too. The upcast is logged with UPCAST_NOTE."""
     import onnx
 
-    from .upcast import has_bf16, upcast_bf16
+    from fxq.export.upcast import has_bf16, upcast_bf16
 
     if isinstance(path, bytes) or not has_bf16(onnx.load(str(path), load_external_data=False)):
         return path

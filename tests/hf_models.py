@@ -38,3 +38,17 @@ def save_vit_folder(d, n_images: int):
     for i in range(n_images):
         Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(d / "images" / f"{i}.png")
     return d
+
+
+def save_bert_folder(d):
+    """A tiny BERT (2 layers, max_position_embeddings 64) with MiniLM's tokenizer in d/model, and
+    d/sentences.txt with three sentences and an empty line."""
+    from fxq.cli.zoo import load_minilm
+
+    _, tokenizer = load_minilm()
+    cfg = transformers.BertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+                                  vocab_size=tokenizer.vocab_size, max_position_embeddings=64)
+    transformers.BertModel(cfg).save_pretrained(d / "model")
+    tokenizer.save_pretrained(d / "model")
+    (d / "sentences.txt").write_text("a short sentence\nanother, slightly longer sentence here\n\nthird one\n")
+    return d

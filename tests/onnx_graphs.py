@@ -1,4 +1,6 @@
-"""Build small ONNX graphs in code (no binary goldens) and run them in onnxruntime."""
+"""Build small ONNX graphs in code (no binary goldens) and run them in onnxruntime.
+
+`model` is the one builder of test graphs; every test file that needs an ONNX model makes it here."""
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
@@ -18,12 +20,18 @@ def const(name, array):
     return numpy_helper.from_array(np.asarray(array), name)
 
 
-def model(nodes, inputs, outputs, initializers):
-    """inputs/outputs: [(name, elem_type, shape)]"""
-    vi = lambda spec: [helper.make_tensor_value_info(n, t, s) for n, t, s in spec]  # noqa: E731
-    g = helper.make_graph(nodes, "g", vi(inputs), vi(outputs), initializer=initializers)
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=10)
-    onnx.checker.check_model(m, full_check=True)
+def value_infos(spec):
+    """[(name, elem_type, shape)] or ValueInfoProtos -> ValueInfoProtos."""
+    return [s if isinstance(s, onnx.ValueInfoProto) else helper.make_tensor_value_info(*s) for s in spec]
+
+
+def model(nodes, inputs, outputs, initializers, opset: int = OPSET, check: bool = True):
+    """A model of `nodes` (default opset, IR version 10), checked in full unless check=False.
+    inputs/outputs: [(name, elem_type, shape)] or ValueInfoProtos."""
+    g = helper.make_graph(nodes, "g", value_infos(inputs), value_infos(outputs), initializer=initializers)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)], ir_version=10)
+    if check:
+        onnx.checker.check_model(m, full_check=True)
     return m
 
 

@@ -51,7 +51,7 @@ def test_a_generator_is_read_once_with_gptq_and_fallback():
     assert calib.taken == 2 and qm.calibration_batches == 2
     assert qm.fallback_plan.groups == ("a:attention",) and qm.fallback_plan.final <= 4e-4
     # the GPTQ codes of the search are the ones stored: the rebuilt graph is the one measured
-    from fxq.groups import Evaluator
+    from fxq.accuracy.groups import Evaluator
 
     direct = fxq.quantize(m, data(1, 2)[0], data(2), fxq.QuantConfig(weight_rounding="gptq", fallback=("a:attention",)),
                           progress=False)
@@ -95,7 +95,7 @@ def test_one_batch_that_dominates_an_amax_is_named_in_a_warning():
     with pytest.warns(UserWarning, match=r"calibration batch 2 alone sets the amax of 'fc:linear.input' to 1e\+30, "
                                          r".*x the largest of the other 2 batches"):
         qm = fxq.quantize(Projection().eval(), calib[0], calib, progress=False)
-    assert qm.amax["fc:linear.input"] == pytest.approx(1e30)  # a warning, not a refusal: see fxq/observers.py
+    assert qm.amax["fc:linear.input"] == pytest.approx(1e30)  # a warning, not a refusal: see fxq/calibration/observers.py
     with warnings.catch_warnings():  # ordinary batches: no warning
         warnings.simplefilter("error", UserWarning)
         fxq.quantize(Projection().eval(), calib[0], calib[::2], progress=False)

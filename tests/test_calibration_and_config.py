@@ -7,7 +7,7 @@ import torch
 import fxq
 from fxq import roles as R
 from fxq.config import Override, QuantConfig, RoleSpecs, TensorSpec
-from fxq.observers import AmaxObserver, PercentileObserver
+from fxq.calibration.observers import AmaxObserver, PercentileObserver
 from tiny_models import TinyAttention, inputs_for
 
 

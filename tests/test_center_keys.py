@@ -2,7 +2,7 @@
 import torch
 
 import fxq
-from fxq.groups import Evaluator
+from fxq.accuracy.groups import Evaluator
 from sensitive_models import data, two_blocks
 
 

@@ -13,6 +13,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+import onnx_graphs
 from onnx_post.check_cli import main
 from onnx_post.checker import REASONS, check_model
 from onnx_post.checker_graph import module_of
@@ -53,8 +54,7 @@ class Builder:
 
     def model(self, *outs):
         """A model whose outputs are `outs`; graph output types come from shape inference."""
-        g = helper.make_graph(self.nodes, "g", self.inputs, [], self.inits)
-        m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 21)], ir_version=10)
+        m = onnx_graphs.model(self.nodes, self.inputs, [], self.inits, check=False)
         inferred = {v.name: v for v in onnx.shape_inference.infer_shapes(m).graph.value_info}
         m.graph.output.extend(inferred[o] for o in outs)
         if all(i.type.tensor_type.HasField("shape") for i in self.inputs):

@@ -12,6 +12,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+import onnx_graphs
 from onnx_post.check_cli import main
 from onnx_post.checker import REASONS, check_model
 
@@ -41,11 +42,7 @@ def qdq_gemm(x_scale=1 / 64, w_scale=0.01, w=None, dtype=np.float16, batch="N", 
         nodes.append(helper.make_node("Add", [out, "mask"], ["y3"], name="add_mask"))
         out = "y3"
     t = F16 if dtype == np.float16 else TensorProto.FLOAT
-    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", t, [batch, 8, 64])],
-                          [helper.make_tensor_value_info(out, t, [batch, 8, width])], inits)
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 21)], ir_version=10)
-    onnx.checker.check_model(m, full_check=True)
-    return m
+    return onnx_graphs.model(nodes, [("x", t, [batch, 8, 64])], [(out, t, [batch, 8, width])], inits)
 
 
 def reasons(m):
@@ -205,10 +202,10 @@ def test_verify_int_inputs_get_valid_ids(tmp_path):
              helper.make_node("Unsqueeze", ["mf", "axes"], ["mu"]),
              helper.make_node("Div", ["e", "mu"], ["y"])]  # a zero mask would give inf
     axes = numpy_helper.from_array(np.array([-1], np.int64), "axes")
-    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["B", "T"]),
-                                       helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["B", "T"])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", "T", 4])], [emb, axes])
-    p = save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 21)], ir_version=10), tmp_path / "m.onnx")
+    m = onnx_graphs.model(nodes, [("input_ids", TensorProto.INT64, ["B", "T"]),
+                                  ("attention_mask", TensorProto.INT64, ["B", "T"])],
+                          [("y", TensorProto.FLOAT, ["B", "T", 4])], [emb, axes], check=False)
+    p = save(m, tmp_path / "m.onnx")
     res = verify_outputs(p)
     assert res["ok"] and res["inputs"] == {"input_ids": [2, 2], "attention_mask": [2, 2]}
 

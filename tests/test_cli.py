@@ -2,30 +2,8 @@
 import json
 
 import pytest
-import torch
-import transformers
 
-from fxq.cli import main
-from hf_models import save_vit_folder
-
-
-@pytest.fixture(scope="module")
-def vit_folder(tmp_path_factory):
-    return save_vit_folder(tmp_path_factory.mktemp("vit"), n_images=6)
-
-
-@pytest.fixture(scope="module")
-def bert_folder(tmp_path_factory):
-    from fxq.zoo import load_minilm
-
-    d = tmp_path_factory.mktemp("bert")
-    _, tokenizer = load_minilm()
-    cfg = transformers.BertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
-                                  vocab_size=tokenizer.vocab_size)
-    transformers.BertModel(cfg).save_pretrained(d / "model")
-    tokenizer.save_pretrained(d / "model")
-    (d / "sentences.txt").write_text("a short sentence\nanother, slightly longer sentence here\n\nthird one\n")
-    return d
+from fxq.cli.main import main
 
 
 def test_quantize_vision_folder_end_to_end(vit_folder, tmp_path, capsys):

@@ -6,8 +6,7 @@ import onnx
 import pytest
 from onnx import TensorProto
 
-from fxq.cli import main
-from test_cli import bert_folder, vit_folder  # noqa: F401  (the same folders test_cli builds)
+from fxq.cli.main import main
 
 
 @pytest.mark.parametrize("kind", ["vision", "text"])

@@ -180,7 +180,7 @@ def test_scale_below_the_smallest_normal_warns_with_the_tensor_named(tmp_path):
 
 
 def test_bf16_file_with_external_data_verifies(tmp_path, monkeypatch):
-    monkeypatch.setattr("fxq.onnx_export.EXTERNAL_DATA_BYTES", 10_000)  # pretend the small model is over 2 GiB
+    monkeypatch.setattr("fxq.export.to_onnx.EXTERNAL_DATA_BYTES", 10_000)  # pretend the small model is over 2 GiB
     qm = fxq.quantize(small_bert(), bert_inputs(), [bert_inputs(4)], progress=False)
     result = qm.export_onnx(tmp_path / "m.onnx", dtype=torch.bfloat16)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "m.onnx.data"]

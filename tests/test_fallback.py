@@ -7,7 +7,7 @@ import torch
 
 import fxq
 from fxq.errors import ConfigError
-from fxq.groups import Evaluator, fp8_attention_blocks, fp8_gemm_flop_share
+from fxq.accuracy.groups import Evaluator, fp8_attention_blocks, fp8_gemm_flop_share
 from onnx_post.checker import check_model
 from sensitive_models import data, two_blocks
 
@@ -122,15 +122,8 @@ def test_unknown_fallback_ids_and_unreachable_budgets_error():
         fxq.quantize(m, EXAMPLE, CALIB, fallback=fxq.Fallback(EVAL, 0.5, metric=offset), progress=False)
 
 
-@pytest.fixture(scope="module")
-def vit_folder(tmp_path_factory):
-    from hf_models import save_vit_folder
-
-    return save_vit_folder(tmp_path_factory.mktemp("vit"), n_images=4)
-
-
 def test_cli_sensitivity_and_fallback(vit_folder, tmp_path, capsys):
-    from fxq.cli import main
+    from fxq.cli.main import main
 
     model, images = str(vit_folder / "model"), str(vit_folder / "images")
     rc = main(["sensitivity", model, "--calib-images", images, "--batch-size", "4", "--plot", str(tmp_path / "s.png"),

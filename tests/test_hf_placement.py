@@ -13,14 +13,8 @@ PER_LAYER = {R.LAYER_NORM_OUTPUT: 2, R.LINEAR_WEIGHT: 6, R.LINEAR_INPUT: 2, R.AT
 
 
 @pytest.fixture(scope="module")
-def vit_results():
-    torch.manual_seed(0)
-    out = {}
-    calib = [vit_inputs(2) for _ in range(2)]
-    for attn in ("eager", "sdpa"):
-        torch.manual_seed(0)
-        out[attn] = fxq.quantize(vit(attn), vit_inputs(1), calib, progress=False)
-    return out
+def vit_results(vit_base_fp8):  # tests/conftest.py: ViT-base quantized once per session
+    return {attn: qm for attn, (_, qm) in vit_base_fp8.items()}
 
 
 def test_vit_has_14_sites_per_layer_and_168_in_all(vit_results):
@@ -72,7 +66,7 @@ def test_bert_with_padding_mask_quantizes_every_attention_block(attn):
     x = bert_inputs(3)
     with torch.no_grad():
         ref, out = model(**x).last_hidden_state, qm(**x).last_hidden_state
-    assert fxq.verify.compare(ref, out)["cosine"] > 0.99
+    assert fxq.verify.compare(ref, out)["cosine"] > 0.99999  # measured 0.9999986 (eager and sdpa)
 
 
 def test_pt2e_gives_the_same_placement_and_scales_as_quantize():

@@ -15,7 +15,7 @@ from fxq import roles as R
 from fxq import validate
 from fxq.config import Override, QuantConfig
 from fxq.errors import CalibrationError, ConfigError, FxqError
-from fxq.sources import load_source, read_images
+from fxq.cli.sources import load_source, read_images
 
 
 # -- JSON -------------------------------------------------------------------------------------------
@@ -27,7 +27,7 @@ def _calib(tmp_path, doc) -> str:
 
 def test_json_nested_100000_deep_is_one_error(tmp_path):
     path = _calib(tmp_path, "[" * 100_000 + "]" * 100_000)
-    from fxq.calib_io import load_calibration
+    from fxq.calibration.io import load_calibration
 
     with pytest.raises(CalibrationError, match=r"nests lists/objects more than 32 deep.*fix: write one"):
         load_calibration(path)
@@ -53,7 +53,7 @@ def test_special_file_is_not_read(tmp_path):
 
 def test_megabyte_keys_are_not_echoed(tmp_path):
     key = "k" * 2**20
-    from fxq.calib_io import load_calibration
+    from fxq.calibration.io import load_calibration
 
     with pytest.raises(CalibrationError) as e:
         load_calibration(_calib(tmp_path, {"version": 1, "amax": {key: "x" * 2**20}}))
@@ -64,7 +64,7 @@ def test_megabyte_keys_are_not_echoed(tmp_path):
 
 
 def test_unknown_top_level_calibration_keys_are_refused(tmp_path):
-    from fxq.calib_io import load_calibration
+    from fxq.calibration.io import load_calibration
 
     doc = {"version": 1, "batches": 1, "amax": {"fc:linear.input": 1.0}, "junk": 1, "payload": "x"}
     with pytest.raises(CalibrationError, match=r"unknown top-level keys \['junk', 'payload'\].*fix: remove those keys"):

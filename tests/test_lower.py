@@ -14,10 +14,10 @@ from torch.fx import Graph, GraphModule
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import fxq
-import fxq.lower  # noqa: F401  (loads the module; the attribute fxq.lower is the function)
+import fxq.lower.driver  # noqa: F401  (loads the module; the attribute fxq.lower is the function)
 from fxq.graph_utils import attr_value
 
-L = sys.modules["fxq.lower"]
+L = sys.modules["fxq.lower.driver"]
 aten = torch.ops.aten
 QDQ = torch.ops.fxq.fp8_qdq.default
 

@@ -12,9 +12,9 @@ import torch
 import torch.nn.functional as F
 
 import fxq
-import fxq.lower  # noqa: F401
+import fxq.lower.driver  # noqa: F401
 
-L = sys.modules["fxq.lower"]
+L = sys.modules["fxq.lower.driver"]
 aten = torch.ops.aten
 CPU = "reference: inputs on cpu, the FP8 attention kernel needs a CUDA GPU"
 

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from onnx import TensorProto
 
 import fxq
-from fxq.graph_dtype import captured_dtype, literal_dtype
+from fxq.conversion.graph_dtype import captured_dtype, literal_dtype
 from fxq.verify import run_onnx
 from upcast_models import TinyDiT, dit_inputs
 

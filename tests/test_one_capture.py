@@ -112,7 +112,7 @@ def test_dynamic_sequence_length_runs_two_lengths_in_onnxruntime(tmp_path):
         x = bert_inputs(2, seq=seq)
         out = run_onnx(r.path, x, torch.float16)[0]
         assert out.shape == (2, seq, 64)
-        assert compare(first_output(qm(**x)), out)["cosine"] > 0.999
+        assert compare(first_output(qm(**x)), out)["cosine"] > 0.99999  # measured 0.9999996 at both lengths
     rep = check_model(r.path)
     assert all("dynamic_seq_len" in a.reasons for a in rep.attention)  # the checker says what it costs TensorRT
 
@@ -154,7 +154,7 @@ def test_bad_shape_options_in_a_config_are_refused(kwargs, words):
 
 
 def test_program_in_dtype_refuses_non_float_targets():
-    from fxq.graph_dtype import program_in_dtype
+    from fxq.conversion.graph_dtype import program_in_dtype
 
     qm = fxq.quantize(TinyAttention("mul_after").eval(), inputs_for("mul_after"), [inputs_for("mul_after")],
                       progress=False)

@@ -18,15 +18,10 @@ def _op_counts(path):
 
 
 @pytest.fixture(scope="module")
-def vit_exports(tmp_path_factory):
+def vit_exports(tmp_path_factory, vit_base_fp8):  # tests/conftest.py: ViT-base quantized once per session
     d = tmp_path_factory.mktemp("vit")
     out = {}
-    torch.manual_seed(0)
-    calib = [vit_inputs(2) for _ in range(2)]
-    for attn in ("eager", "sdpa"):
-        torch.manual_seed(0)
-        model = vit(attn)
-        qm = fxq.quantize(model, vit_inputs(1), calib, progress=False)
+    for attn, (model, qm) in vit_base_fp8.items():
         out[attn] = (model, qm, qm.export_onnx(d / f"vit_{attn}.onnx", dtype=torch.float16))
     plain = d / "vit_plain_fp16.onnx"
     torch.onnx.export(vit("eager").half(), (), str(plain), kwargs={k: v.half() for k, v in vit_inputs(1).items()},
@@ -72,7 +67,7 @@ def test_vit_onnxruntime_agrees_with_fake_quant_model(vit_exports):
     assert ort_out.shape == (3, 1000)
     m = compare(first_output(qm(**x)), ort_out)
     # Random-init ViT-base is very FP8-sensitive (NOTES.md): FP16 rounding flips some FP8 codes, which cascade.
-    assert m["cosine"] > 0.98, m
+    assert m["cosine"] > 0.995, m  # measured 0.9960
 
 
 @pytest.mark.parametrize("spelling", ["mul_after", "fp32_softmax", "sdpa_bool_mask", "sdpa_causal"])
@@ -94,7 +89,7 @@ def test_vit_onnxruntime_optimizations_stay_within_float_noise(vit_exports):
     x = vit_inputs(2)
     optimized = run_onnx(result.path, x, torch.float16, optimize=True)[0]
     plain = run_onnx(result.path, x, torch.float16, optimize=False)[0]
-    assert compare(plain, optimized)["cosine"] > 0.99
+    assert compare(plain, optimized)["cosine"] > 0.997  # measured 0.9981
 
 
 @pytest.mark.parametrize("attn", ["eager", "sdpa"])
@@ -107,7 +102,7 @@ def test_bert_with_padding_mask_every_attention_block_ready(tmp_path, attn):
     assert [g.module for g in rep.gemms if not g.ready] == ["pooler.dense"] and rep.ready  # the pooler: a GEMV
     x = bert_inputs(3)
     m = compare(first_output(qm(**x)), run_onnx(result.path, x, torch.float16)[0])
-    assert m["cosine"] > 0.99, m
+    assert m["cosine"] > 0.99999, m  # measured 0.9999996 (eager and sdpa)
 
 
 @pytest.mark.parametrize("dtype,elem", [(torch.float32, TensorProto.FLOAT), (torch.bfloat16, TensorProto.BFLOAT16)])
@@ -124,7 +119,7 @@ def test_fp32_and_bf16_exports(tmp_path, dtype, elem):
     if dtype == torch.float32:  # the FP32 graph is the fake-quant model itself: tight agreement
         x = bert_inputs(3)
         m = compare(first_output(qm(**x)), run_onnx(result.path, x, dtype)[0])
-        assert m["cosine"] > 0.999, m
+        assert m["cosine"] > 0.9999999, m  # measured 1 - 6e-15
 
 
 def test_export_failure_leaves_no_file(tmp_path, monkeypatch):
@@ -135,7 +130,7 @@ def test_export_failure_leaves_no_file(tmp_path, monkeypatch):
     def broken(model):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr("fxq.onnx_export.onnx.checker.check_model", lambda *a, **k: broken(a))
+    monkeypatch.setattr("fxq.export.to_onnx.onnx.checker.check_model", lambda *a, **k: broken(a))
     with pytest.raises(RuntimeError, match="disk full"):
         qm.export_onnx(target)
     assert list(tmp_path.iterdir()) == []
@@ -152,7 +147,7 @@ def test_export_argument_errors(tmp_path):
 
 
 def test_large_models_are_written_with_external_data(tmp_path, monkeypatch):
-    monkeypatch.setattr("fxq.onnx_export.EXTERNAL_DATA_BYTES", 10_000)  # pretend the small model is over 2 GiB
+    monkeypatch.setattr("fxq.export.to_onnx.EXTERNAL_DATA_BYTES", 10_000)  # pretend the small model is over 2 GiB
     qm = fxq.quantize(small_bert(), bert_inputs(), [bert_inputs(4)], progress=False)
     result = qm.export_onnx(tmp_path / "m.onnx")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "m.onnx.data"]

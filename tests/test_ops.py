@@ -1,26 +1,22 @@
 """fxq.fp8_qdq computes exactly what ONNX QuantizeLinear -> DequantizeLinear (E4M3, saturating) computes."""
 import numpy as np
-import onnx
 import onnxruntime as ort
 import pytest
 import torch
 from onnx import TensorProto, helper
 
 import fxq  # noqa: F401
-from fxq import ops
+import onnx_graphs
+from fxq.conversion import ops
 
 
 def _ort_qdq(x: np.ndarray, scale: np.ndarray) -> np.ndarray:
     elem = helper.np_dtype_to_tensor_dtype(x.dtype)
     zp = helper.make_tensor("zp", TensorProto.FLOAT8E4M3FN, [], [0])
     s = helper.make_tensor("s", elem, [], [float(scale)])
-    graph = helper.make_graph(
-        [helper.make_node("QuantizeLinear", ["x", "s", "zp"], ["q"]),
-         helper.make_node("DequantizeLinear", ["q", "s", "zp"], ["y"])],
-        "qdq", [helper.make_tensor_value_info("x", elem, list(x.shape))],
-        [helper.make_tensor_value_info("y", elem, list(x.shape))], initializer=[zp, s])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10)
-    onnx.checker.check_model(model)
+    model = onnx_graphs.model([helper.make_node("QuantizeLinear", ["x", "s", "zp"], ["q"]),
+                               helper.make_node("DequantizeLinear", ["q", "s", "zp"], ["y"])],
+                              [("x", elem, list(x.shape))], [("y", elem, list(x.shape))], [zp, s])
     sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     return sess.run(None, {"x": x})[0]
 

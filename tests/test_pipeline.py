@@ -5,8 +5,8 @@ import pytest
 import torch
 
 import fxq
-from fxq.calib_io import Calibration
-from fxq.capture import Inputs
+from fxq.calibration.io import Calibration
+from fxq.capture.program import Inputs
 from fxq.errors import CalibrationError, ConfigError
 from fxq.pipeline import resolve_dynamic_shapes
 from tiny_models import TinyAttention, inputs_for

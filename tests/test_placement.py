@@ -4,10 +4,10 @@ import torch
 
 import fxq
 from fxq import roles as R
-from fxq.attention import find_attention_blocks
-from fxq.capture import capture
-from fxq.placement import place
-from fxq.transforms import canonicalize
+from fxq.placement.attention import find_attention_blocks
+from fxq.capture.program import capture
+from fxq.placement.place import place
+from fxq.capture.transforms import canonicalize
 from fxq.verify import compare
 from tiny_models import SCALE_AFTER_BMM1, SPELLINGS, TinyAttention, inputs_for
 
@@ -36,7 +36,7 @@ def test_fake_quant_stays_close_to_float(spelling):
     with torch.no_grad():
         ref, out = model(*x), qm(*x)
     m = compare(ref, out)
-    assert m["sqnr_db"] > 25, m  # E4M3 alone gives ~31 dB on Gaussian data; a misplaced scale drops far lower
+    assert m["sqnr_db"] > 33, m  # measured 34.6-37.5 dB over the spellings; a misplaced scale drops far lower
     targets = [n.target for n in qm.graph_module.graph.nodes]
     assert targets.count(torch.ops.fxq.fp8_qdq.default) == 8  # activations: 2 LN outputs, 2 linear inputs, q, k, v, probs
     assert targets.count(torch.ops.fxq.fp8_dequant.default) == 6  # FP8 weights: q, k, v, o, fc1, fc2
@@ -45,7 +45,7 @@ def test_fake_quant_stays_close_to_float(spelling):
 def test_scale_move_keeps_float_numerics():
     model = TinyAttention("mul_after").eval()
     x = inputs_for("mul_after")
-    gm = capture(model, x)  # capture moved the scale onto Q (fxq.transforms.canonicalize)
+    gm = capture(model, x)  # capture moved the scale onto Q (fxq.capture.transforms.canonicalize)
     assert gm.meta["fxq_transforms"].scales_moved_to_q == 1
     assert canonicalize(gm).scales_moved_to_q == 0  # nothing left to move
     (block,) = find_attention_blocks(gm)

@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 import fxq
-from fxq.record import _spread
+from fxq.calibration.record import _spread
 
 
 class StepModel(nn.Module):

@@ -5,16 +5,16 @@ import pytest
 import torch
 
 import fxq
-from fxq import records
+from fxq.placement import records
 from fxq import roles as R
-from fxq.attention import recorded_blocks
-from fxq.capture import Inputs, capture, capture_program
-from fxq.hessian import insert_hessian_observers, weight_readers
-from fxq.insert import FLOAT_WEIGHT, OBSERVER, insert_observers, remove_observers, weight_layouts
-from fxq.matchers import record_sites
-from fxq.placement import place
+from fxq.placement.attention import recorded_blocks
+from fxq.capture.program import Inputs, capture, capture_program
+from fxq.calibration.hessian import insert_hessian_observers, weight_readers
+from fxq.conversion.insert import FLOAT_WEIGHT, OBSERVER, insert_observers, remove_observers, weight_layouts
+from fxq.placement.matchers import record_sites
+from fxq.placement.place import place
 from fxq.pt2e import FxqQuantizer
-from fxq.transforms import TransformCounts, canonicalize
+from fxq.capture.transforms import TransformCounts, canonicalize
 from tiny_models import TinyAttention, inputs_for
 
 aten = torch.ops.aten
@@ -124,7 +124,7 @@ def test_every_reader_agrees_with_placement():
 
 def test_place_refuses_a_graph_capture_did_not_record():
     gm = torch.export.export(TinyAttention("mul_after").eval(), inputs_for("mul_after")).module()
-    with pytest.raises(ValueError, match="fxq.capture"):
+    with pytest.raises(ValueError, match="fxq.capture.program"):
         place(gm)
 
 

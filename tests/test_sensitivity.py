@@ -1,11 +1,11 @@
-"""fxq.sensitivity: groups, ranking, FLOP shares, outputs (table / JSON / plot), bad metrics."""
+"""fxq.accuracy.sensitivity: groups, ranking, FLOP shares, outputs (table / JSON / plot), bad metrics."""
 import json
 
 import pytest
 import torch
 
 import fxq
-from fxq.groups import Evaluator, Switch, group_edges
+from fxq.accuracy.groups import Evaluator, Switch, group_edges
 from sensitive_models import data, two_blocks
 
 
@@ -49,7 +49,7 @@ def test_table_json_and_plot(result, tmp_path):
 
 
 def _view(m, calib):
-    from fxq.fake_quant_view import fake_quant_view
+    from fxq.conversion.fake_quant_view import fake_quant_view
     from fxq.pipeline import Request, StageClock, calibrated
 
     cal = calibrated(Request.check(m, data(1, 2)[0], calib, progress=False), StageClock())

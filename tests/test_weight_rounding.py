@@ -6,12 +6,13 @@ import torch
 from onnx import TensorProto, helper
 
 import fxq
-from fxq import ops, weight_rounding as wr
-from fxq.capture import Inputs, capture_program
-from fxq.graph_dtype import program_in_dtype
-from fxq.hessian import HessianObserver, insert_hessian_observers, weight_hessians
-from fxq.insert import insert_observers, remove_observers
-from fxq.placement import place
+from fxq.conversion import ops
+from fxq.accuracy import weight_rounding as wr
+from fxq.capture.program import Inputs, capture_program
+from fxq.conversion.graph_dtype import program_in_dtype
+from fxq.calibration.hessian import HessianObserver, insert_hessian_observers, weight_hessians
+from fxq.conversion.insert import insert_observers, remove_observers
+from fxq.placement.place import place
 from fxq.verify import onnx_session
 from onnx_post.checker import check_model
 from onnx_post.passes.weights import pretranspose_weights

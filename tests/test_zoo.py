@@ -1,4 +1,4 @@
-"""Offline pretrained models and data sets (fxq.zoo, benchmarks/datasets.py).
+"""Offline pretrained models and data sets (fxq.cli.zoo, benchmarks/datasets.py).
 
 Each test skips, naming the install command, when its optional package isn't present.
 """
@@ -10,7 +10,7 @@ import pytest
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-from fxq import zoo  # noqa: E402
+from fxq.cli import zoo  # noqa: E402
 
 # Load benchmarks/datasets.py by path: "import datasets" could pick up Hugging Face's package.
 _spec = importlib.util.spec_from_file_location(

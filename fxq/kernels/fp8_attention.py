@@ -35,8 +35,8 @@ from typing import Optional
 
 import torch
 
-from ..errors import InputError
-from .fp8_attention_reference import P_SCALE, quantize_e4m3, reference_from_codes
+from fxq.errors import InputError
+from fxq.kernels.fp8_attention_reference import P_SCALE, quantize_e4m3, reference_from_codes
 
 KERNEL_HEAD_DIMS = (64, 128)
 EXACT_PROBS_DEFAULT = False
@@ -47,7 +47,7 @@ _warned: set[str] = set()
 def _triton_kernel():
     """The Triton module, or None where Triton is not installed (CPU machines, CI)."""
     try:
-        from . import fp8_attention_triton
+        from fxq.kernels import fp8_attention_triton
     except ImportError:
         return None
     return fp8_attention_triton

@@ -8,7 +8,7 @@ What fxq's fake-quant graph (and the TensorRT engine built from it) computes for
     O        =  P v, returned in q's dtype
 
 The attention scale is already folded into q in fxq's graph, so `sm_scale` defaults to 1. The scales are
-used as given: pass the values the graph stores (fxq rounds them to the graph dtype, see fxq/ops.py).
+used as given: pass the values the graph stores (fxq rounds them to the graph dtype, see fxq/conversion/ops.py).
 The GPU kernel (fp8_attention_triton.py) is tested against this module.
 """
 from __future__ import annotations

@@ -1,0 +1,1 @@
+"""Accuracy tools: sensitivity, budgeted fallback, weight rounding, key centering, per-call error."""

@@ -1,0 +1,140 @@
+"""Budgeted FP16 fallback: keep as many FP8 FLOPs as possible while the metric stays within budget.
+
+Greedy on sensitivity per FLOP: each step leaves in float the GEMM or attention block whose
+float version gains the most metric per FP8 FLOP given up, measured on top of what is already
+left in float. Scores go stale after each choice; they are re-measured lazily (the best stale
+candidate is re-measured until the best score is a fresh one), so a step costs a few
+evaluations rather than one per group. A final pass puts back into FP8 any earlier choice the
+budget no longer needs, largest first.
+
+The search runs on the fake-quant view of the calibrated float program (fxq/conversion/fake_quant_view.py);
+fxq.quantize then places again on that same program. The result is data: the chosen group ids go
+into QuantConfig.fallback, and the placement skips
+them with reason "fallback" (a skipped attention block keeps none of its q/k/v/probs Q/DQ; a
+skipped GEMM reads its LayerNorm's raw output while the LayerNorm's other readers keep the
+shared Q/DQ), so a saved calibration file reproduces the same graph.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from numbers import Real
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from fxq.errors import ConfigError
+from fxq.conversion.fake_quant_view import FakeQuantView
+from fxq.accuracy.groups import Evaluator, Switch, check_metric, group_edges
+from fxq.placement.place import Placement
+
+KINDS = ("attention", "gemm")
+
+
+@dataclass
+class Fallback:
+    """fxq.quantize(..., fallback=fxq.Fallback(eval_data, max_error)).
+
+    eval_data: batches like example_inputs (held out from calibration is best).
+    max_error: the budget for `metric`, averaged over eval_data (default metric: 1 - cosine of
+    the first output against the float model).
+    kinds: what may fall back; ("gemm",) keeps every attention block in FP8.
+    """
+
+    eval_data: Any
+    max_error: float
+    metric: Any = None
+    kinds: tuple[str, ...] = KINDS
+    max_remeasure: int = 8  # stale candidates re-measured per step, at most
+
+    def __post_init__(self):
+        e = self.max_error
+        if isinstance(e, bool) or not isinstance(e, Real):
+            raise TypeError(f"Fallback max_error must be a number (the metric budget, e.g. 0.002), got {e!r}")
+        if not math.isfinite(float(e)) or e < 0:
+            raise ValueError(f"Fallback max_error must be a finite number >= 0, got {e!r}")
+        self.max_error = float(e)
+        check_metric(self.metric)
+        self.kinds = tuple(self.kinds)
+        bad = [k for k in self.kinds if k not in KINDS]
+        if bad or not self.kinds:
+            raise ValueError(f"Fallback kinds must be a non-empty subset of {KINDS}, got {self.kinds!r}")
+        if not isinstance(self.max_remeasure, int) or self.max_remeasure < 1:
+            raise ValueError(f"Fallback max_remeasure must be a positive int, got {self.max_remeasure!r}")
+
+
+@dataclass
+class Choice:
+    group: str
+    kind: str
+    module: str
+    flops: int
+    gain: float  # metric before minus metric after this choice, when it was made
+
+
+@dataclass
+class FallbackPlan:
+    all_fp8: float  # the metric with nothing left in float
+    final: float  # the metric with `choices` left in float
+    max_error: float
+    choices: list[Choice] = field(default_factory=list)
+    evaluations: int = 0
+
+    @property
+    def groups(self) -> tuple[str, ...]:
+        return tuple(c.group for c in self.choices)
+
+
+def search(view: FakeQuantView, evaluator: Evaluator, placement: Placement, fallback: Fallback,
+           progress: bool = True) -> FallbackPlan:
+    """Choose the groups of `placement` to leave in float so that the metric is <= fallback.max_error,
+    measured on the fake-quant `view` by `evaluator` (its references: the float program's outputs)."""
+    switch = Switch(view)
+    gm = view.module
+    candidates = {ge.group.id: ge for ge in group_edges(gm, placement, kinds=fallback.kinds)
+                  if ge.group.flops > 0}
+    base = current = evaluator.measure()
+    plan = FallbackPlan(base, base, fallback.max_error)
+    if current <= fallback.max_error:
+        return plan
+    bar = tqdm(desc="fxq fallback", unit="eval", disable=not progress)
+    chosen: list[str] = []
+
+    def measure(floated: list[str]) -> float:
+        with switch.floated([e for g in floated for e in candidates[g].edges]):
+            value = evaluator.measure()
+        bar.update(1)
+        bar.set_postfix(metric=f"{current:.3g}", budget=f"{fallback.max_error:.3g}", fp16=len(chosen))
+        return value
+
+    after = {g: measure([g]) for g in candidates}  # each alone in float: the sensitivity pass
+    fresh = set(candidates)
+    score = lambda g: (current - after[g]) / candidates[g].group.flops  # noqa: E731
+    while current > fallback.max_error:
+        remaining = [g for g in candidates if g not in chosen]
+        if not remaining:
+            bar.close()
+            raise ConfigError(f"Fallback max_error {fallback.max_error:g} is out of reach: with every "
+                              f"{'/'.join(fallback.kinds)} group in float the metric is still {current:.4g}; "
+                              "fix: raise max_error, or allow more kinds")
+        for _ in range(fallback.max_remeasure):
+            best = max(remaining, key=score)
+            if best in fresh:
+                break
+            after[best] = measure(chosen + [best])
+            fresh.add(best)
+        best = max((g for g in remaining if g in fresh), key=score)
+        g = candidates[best].group
+        plan.choices.append(Choice(g.id, g.kind, g.module, g.flops, current - after[best]))
+        chosen.append(best)
+        current = after[best]
+        fresh = set()
+    for c in sorted(plan.choices[:-1], key=lambda c: -c.flops):  # put back what the budget no longer needs
+        rest = [g for g in chosen if g != c.group]
+        value = measure(rest)
+        if value <= fallback.max_error:
+            chosen, current = rest, value
+            plan.choices.remove(c)
+    bar.close()
+    plan.final, plan.evaluations = current, evaluator.calls
+    return plan

@@ -1,0 +1,1 @@
+"""Calibration: observers, the calibration run, saved results, input Hessians and recorded calls."""

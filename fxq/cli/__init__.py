@@ -1,0 +1,1 @@
+"""The fxq command line."""

@@ -1,0 +1,1 @@
+"""Export: the quantized program as an ONNX file for TensorRT."""

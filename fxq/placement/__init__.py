@@ -1,0 +1,1 @@
+"""Placement: matchers that record GEMMs, attention blocks and LayerNorms once, and place() that reads them."""
