@@ -87,10 +87,11 @@ def test_tiny_attention_runs_on_scaled_mm_and_sdpa(spelling):
     assert cosine(out, qm(*x)) > 0.999
 
 
-def test_real_mask_changes_the_output():
-    """Dropping a real mask would be caught: the same model with the mask zeroed differs."""
+@pytest.mark.parametrize("attention", ["fp16", "fp8"])
+def test_real_mask_changes_the_output(attention):
+    """Dropping a real mask would be caught: the same model with the mask zeroed differs (SDPA and the FP8 op)."""
     qm = quantize_tiny("additive_mask")
-    low = fxq.lower(qm)
+    low = fxq.lower(qm, attention=attention)
     x, mask = T.inputs_for("additive_mask")
     with torch.no_grad():
         masked, unmasked = low(x, mask), low(x, torch.zeros_like(mask))

@@ -49,16 +49,6 @@ def test_fp8_attention_follows_fake_quant_closer_than_fp16(spelling):
     assert err8 < 0.7 * err16 and err8 < 5e-5
 
 
-def test_real_mask_reaches_the_fp8_op():
-    qm = quantize_tiny("additive_mask", heads=1)
-    low = fxq.lower(qm, attention="fp8")
-    x, mask = T.inputs_for("additive_mask")
-    with torch.no_grad():
-        masked, unmasked = low(x, mask), low(x, torch.zeros_like(mask))
-        assert cosine(masked, qm(x, mask)) > 0.9999
-        assert cosine(masked, unmasked) < 0.999
-
-
 def test_unsupported_head_dim_falls_back_to_the_reference_with_the_reason():
     qm = quantize_tiny("mul_after", heads=4)  # head dim 16
     low = fxq.lower(qm, attention="fp8")

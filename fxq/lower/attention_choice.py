@@ -3,7 +3,7 @@
 "auto" puts a block on FP8 only where the Triton kernel runs and was measured faster, for that block's
 shape on this GPU, than the best SDPA backend (flash, cuDNN, memory-efficient; the fastest FP16
 backend differs per shape, results/gpu_fp8_attention.md). Each shape is measured once per process, at
-lower time, with CUDA events on random inputs of that shape (a few ms each). On a CPU, or where the
+lower time, with CUDA events around bursts of calls on random inputs of that shape (a few ms each). On a CPU, or where the
 kernel cannot run, "auto" picks fp16. The choice and its reason are recorded per block.
 """
 from __future__ import annotations
@@ -63,17 +63,20 @@ def choose(mode: str, quantized: bool, q_shape, v_shape, mask_kind: str, dtype: 
     return "fp16", f"auto: FP8 kernel {fp8_ms:.3f} ms, {backend} {sdpa_ms:.3f} ms"
 
 
-def _time_ms(fn, reps: int = 20) -> float:
+def _time_ms(fn, calls: int = 10, rounds: int = 5) -> float:
+    """Median over `rounds` of the GPU time of `calls` back-to-back calls, per call: launches queue ahead, as
+    they do inside a model's forward, so the host-side cost of one launch is not counted against a kernel."""
     for _ in range(3):
         fn()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     times = []
-    for _ in range(reps):
+    for _ in range(rounds):
         start.record()
-        fn()
+        for _ in range(calls):
+            fn()
         end.record()
         end.synchronize()
-        times.append(start.elapsed_time(end))
+        times.append(start.elapsed_time(end) / calls)
     return sorted(times)[len(times) // 2]
 
 
