@@ -268,7 +268,7 @@ def _quantize(task, model, config, device, **kw):
 def _placement_info(qm) -> dict:
     p = qm.placement
     return {"gemm_fp8_share": fp8_gemm_flop_share(p), "attention_fp8": fp8_attention_blocks(p),
-            "attention_blocks": p.attention_blocks, "fallback": list(qm.config.fallback)}
+            "attention_blocks": p.attention_blocks, "fallback": list(qm.quant_config.fallback)}
 
 
 def choose_fallback(task, model, qm_default, device, kinds, log, fractions=BUDGET_FRACTIONS) -> tuple:
@@ -371,7 +371,7 @@ def onnx_from(task: Task, device_dir: Path, out_dir: Path, rows_wanted: list[str
 
 def _sensitivity(task, qm, model, device, out_dir, secs, result, log):
     t = time.perf_counter()
-    sens = fxq.sensitivity(model, qm.example, None, [_to(b, device) for b in task.evals], config=qm.config,
+    sens = fxq.sensitivity(model, qm.example, None, [_to(b, device) for b in task.evals], config=qm.quant_config,
                            calibration=qm.calibration, progress=False)  # qm's calibration: no second pass
     secs["sensitivity"] = time.perf_counter() - t
     (out_dir / f"sensitivity_{task.name}.json").write_text(sens.to_json())

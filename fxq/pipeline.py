@@ -32,6 +32,7 @@ from fxq.accuracy.groups import Evaluator
 from fxq.calibration.hessian import insert_hessian_observers, weight_hessians, weight_readers
 from fxq.conversion.insert import WeightCodes, insert_observers, insert_qdq, own_state, quantize_weights, remove_observers, weight_amax
 from fxq.memory import release_free_memory
+from fxq.drop_in import Source
 from fxq.model import QuantizedModel
 from fxq.placement.place import Placement, Site, place
 from fxq.conversion.weight_codes import codes_chooser
@@ -234,4 +235,6 @@ def convert(cal: Calibrated) -> None:
 
 
 def quantized_model(cal: Calibrated, req: Request, clock: StageClock, plan: FallbackPlan | None) -> QuantizedModel:
-    return QuantizedModel(cal.program, cal.placement, cal.calibration, cal.config, req.example, clock.seconds, plan)
+    source = Source.of(req.model, req.example)  # config, dtype, device, call form: read once, here
+    return QuantizedModel(cal.program, cal.placement, cal.calibration, cal.config, req.example, clock.seconds, source,
+                          plan)

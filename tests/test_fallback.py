@@ -56,7 +56,7 @@ def test_calibration_file_reproduces_the_fallback(one_sensitive, tmp_path):
     m, qm = one_sensitive
     qm.save_calibration(tmp_path / "c.json")
     again = fxq.quantize(m, EXAMPLE, calibration=tmp_path / "c.json", progress=False)
-    assert again.config.fallback == ("a:attention",)
+    assert again.quant_config.fallback == ("a:attention",)
     assert again.placement.keys() == qm.placement.keys() and again.placement.skips == qm.placement.skips
     x = data(1, seed=5)[0]
     assert torch.equal(again(x), qm(x))

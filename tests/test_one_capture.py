@@ -171,7 +171,7 @@ def test_one_torch_export_with_fallback_and_the_same_result_as_placing_its_choic
     calls = _count_exports(monkeypatch)
     qm = fxq.quantize(m, example, calib, fallback=fxq.Fallback(evals, max_error=4e-4), progress=False)
     assert calls == ["TwoBlocks"]  # the search and the second placement reuse the one captured program
-    assert qm.fallback_plan.groups == ("a:attention",) and qm.config.fallback == ("a:attention",)
+    assert qm.fallback_plan.groups == ("a:attention",) and qm.quant_config.fallback == ("a:attention",)
     assert list(qm.seconds) == ["capture", "place", "calibrate", "fallback", "convert"]
     direct = fxq.quantize(m, example, calib, fxq.QuantConfig(fallback=("a:attention",)), progress=False)
     assert qm.placement.keys() == direct.placement.keys() and qm.placement.skips == direct.placement.skips

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch.utils._pytree import tree_map
 
 from fxq.errors import CaptureError
 from fxq.capture.transforms import canonicalize
@@ -114,7 +115,8 @@ def export_args(inputs: Inputs, dynamic_batch: bool, dynamic_seq: bool = False) 
         if dynamic_seq and i in batched and _seq_dim(t):
             dims[1] = auto
         spec[id(t)] = dims or None
-    dyn = lambda t: spec.get(id(t)) if isinstance(t, torch.Tensor) else None  # noqa: E731
+    # a non-tensor argument (a dict of options, None) gets a spec of its own structure, all static
+    dyn = lambda t: spec.get(id(t)) if isinstance(t, torch.Tensor) else tree_map(lambda _: None, t)  # noqa: E731
     if inputs.kwargs and not inputs.args:
         return inputs, {k: dyn(v) for k, v in inputs.kwargs.items()}
     if inputs.args and not inputs.kwargs:

@@ -6,17 +6,21 @@ import re
 
 import onnx
 import torch
-import torch.utils._pytree as pytree
 
 _ANONYMOUS = re.compile(r"^s\d+$")  # torch.export's symbols for Dim.AUTO dims
 _AXIS_NAMES = {0: "batch", 1: "sequence"}  # what fxq's capture makes dynamic (capture.export_args)
 
 
-def _key_name(key) -> str:
-    for attr in ("key", "name", "idx"):
-        if hasattr(key, attr):
-            return str(getattr(key, attr))
-    return str(key)
+def _spec_paths(spec, prefix: tuple = ()):
+    """Each leaf's path of keys, read off the out spec itself: a dict-like output (a diffusers
+    BaseOutput registers no key-path flattening) names its leaves by its keys, anything else by index."""
+    if spec.is_leaf():
+        yield prefix
+        return
+    ctx = spec.context._fields if hasattr(spec.context, "_fields") else spec.context  # a namedtuple: its fields
+    keyed = isinstance(ctx, (list, tuple)) and len(ctx) == spec.num_children and all(isinstance(k, str) for k in ctx)
+    for i, child in enumerate(spec.children()):
+        yield from _spec_paths(child, prefix + (ctx[i] if keyed else str(i),))
 
 
 def output_names(ep: torch.export.ExportedProgram) -> list[str]:
@@ -26,8 +30,7 @@ def output_names(ep: torch.export.ExportedProgram) -> list[str]:
         return []
     if spec.is_leaf():
         return ["output"]
-    tree = pytree.tree_unflatten(list(range(spec.num_leaves)), spec)
-    names = ["_".join(_key_name(k) for k in path) for path, _ in pytree.tree_flatten_with_path(tree)[0]]
+    names = ["_".join(path) for path in _spec_paths(spec)]
     if all(n.isdigit() for n in names):
         names = [f"output_{n}" for n in names]
     return names if len(set(names)) == len(names) else [f"output_{i}" for i in range(len(names))]
