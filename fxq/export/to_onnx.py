@@ -148,14 +148,22 @@ def _onnx_path(path) -> Path:
     return path
 
 
+# Ops whose float initializers must be in the asked dtype: the FP8 scales and the GEMM/conv weights.
+_DTYPE_BOUND_OPS = {"QuantizeLinear", "DequantizeLinear", "MatMul", "Gemm", "Conv", "ConvTranspose"}
+
+
 def check_graph_dtype(model: onnx.ModelProto, dtype: torch.dtype) -> None:
-    """Every float input, output and initializer is `dtype`: the file is in the dtype that was asked."""
+    """Every float input and output, and every initializer a Q/DQ or GEMM reads, is `dtype`.
+
+    A BF16 model's deliberate fp32 islands (timestep embedding, RoPE table) may hold fp32 constants: the
+    literal rule of fxq/conversion/graph_dtype.py keeps them, TensorRT's strongly typed mode runs them as written."""
     want = {torch.float16: onnx.TensorProto.FLOAT16, torch.bfloat16: onnx.TensorProto.BFLOAT16,
             torch.float32: onnx.TensorProto.FLOAT}[dtype]
     floats = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16, onnx.TensorProto.DOUBLE}
     g = model.graph
+    bound = {i for n in g.node if n.op_type in _DTYPE_BOUND_OPS for i in n.input}
     typed = [(v.name, v.type.tensor_type.elem_type) for v in [*g.input, *g.output]]
-    typed += [(t.name, t.data_type) for t in g.initializer]
+    typed += [(t.name, t.data_type) for t in g.initializer if t.name in bound]
     wrong = [(n, onnx.TensorProto.DataType.Name(t)) for n, t in typed if t in floats and t != want]
     if wrong:
         raise InputError(f"the exported graph should be {dtype} but holds {len(wrong)} tensors of another float "

@@ -1,8 +1,10 @@
-"""fxq.lower, pass 1: attention blocks -> one scaled_dot_product_attention each.
+"""fxq.lower, pass 1: attention blocks -> one scaled_dot_product_attention or one FP8 attention op each.
 
-BMM1 -> [scale, mask, casts] -> softmax -> [casts, dropout, probs Q/DQ] -> BMM2 becomes one SDPA call
-(flash / cuDNN on a GPU). Q already carries the attention scale; provably zero additive masks are
-dropped, real masks kept; the softmax output stays FP16 (TensorRT's graph quantizes it at 1/448).
+BMM1 -> [scale, mask, casts] -> softmax -> [casts, dropout, probs Q/DQ] -> BMM2 becomes one call.
+"fp16": SDPA (flash / cuDNN on a GPU); the softmax output stays FP16 (TensorRT's graph quantizes it at
+1/448). "fp8": `torch.ops.fxq.fp8_attention` (fxq/kernels) with the block's q/k/v scales and the probs
+quantizer's scale: the ONNX graph's numerics, on FP8 tensor cores where the Triton kernel runs.
+Q already carries the attention scale; provably zero additive masks are dropped, real masks kept.
 The blocks are the ones capture recorded in node meta (fxq.placement.attention.recorded_blocks): nothing is matched here.
 """
 from __future__ import annotations
@@ -10,9 +12,13 @@ from __future__ import annotations
 import torch
 from torch.fx import GraphModule, Node
 
-from fxq.placement.attention import CASTS, recorded_blocks
+from onnx_post import fp8
+
 from fxq.graph_utils import aten, attr_value, constant_scalar
-from fxq.lower.ops import QDQ, is_qdq
+from fxq.kernels import EXACT_PROBS_DEFAULT, P_SCALE
+from fxq.lower.attention_choice import AttentionResult, choose, hint_shape
+from fxq.lower.ops import FP8_ATTENTION, QDQ, additive_mask, is_qdq, quantize_fp8, quantize_values
+from fxq.placement.attention import CASTS, recorded_blocks
 
 _PASS_THROUGH = CASTS | {aten.dropout.default, aten.clone.default, aten.contiguous.default, aten.alias.default}
 
@@ -143,15 +149,40 @@ def _erase_block(b) -> None:
             n.graph.erase_node(n)
 
 
-def fuse_attention(gm: GraphModule, keep_qkv_qdq: bool = False) -> tuple[int, int, int, list[str]]:
-    """Rewrite attention blocks as scaled_dot_product_attention.
+def _probs_scale(b) -> float:
+    """The probs quantizer's scale (1/448 by fxq's convention); P_SCALE where the probs carry none."""
+    node = b.softmax
+    while node is not b.bmm2:
+        node = next(iter(node.users))
+        if is_qdq(node):
+            return float(node.args[1])
+    return P_SCALE
 
-    Returns (blocks fused, of those with fp8 q/k/v, zero masks dropped, reasons for blocks kept).
+
+def _fp8_block(g, b, q, kt, v, mask, sm_scale: float, dtype: torch.dtype, buffers) -> Node:
+    """q/k/v quantized as plain ATen ops (Inductor fuses them into their producers), then the FP8 op.
+
+    The scales are the graph-dtype-rounded values the ONNX graph stores (fp8.stored_scale)."""
+    sq, sk, sv = (buffers.scale(float(t.args[1]), dtype, b.bmm2) for t in (q, kt, v))
+    rounded = [fp8.stored_scale(float(t.args[1]), dtype) for t in (q, kt, v)]
+    with g.inserting_before(b.bmm2):
+        q8 = g.call_function(quantize_fp8, (q.args[0], sq))
+        k8 = g.call_function(aten.transpose.int, (g.call_function(quantize_fp8, (kt.args[0], sk)), -2, -1))
+        v8 = g.call_function(quantize_values, (v.args[0], sv))
+        return g.call_function(FP8_ATTENTION, (q8, k8, v8, *rounded, mask, False, sm_scale, _probs_scale(b),
+                                               EXACT_PROBS_DEFAULT, dtype))
+
+
+def fuse_attention(gm: GraphModule, mode: str, dtype: torch.dtype, buffers,
+                   keep_qkv_qdq: bool = False) -> AttentionResult:
+    """Rewrite attention blocks as scaled_dot_product_attention (mode "fp16") or the FP8 op ("fp8"; "auto"
+    picks per shape, fxq/lower/attention_choice.py). Blocks whose q, k, v carry no quantizer run fp16.
+
     keep_qkv_qdq=True keeps the q/k/v fake-quant in front of SDPA (closer to qm, slower); False drops it.
     """
-    fused = fp8_qkv = dropped = 0
-    reasons = []
+    res = AttentionResult()
     g = gm.graph
+    device = buffers.device
     for b in recorded_blocks(gm):  # the blocks capture recorded; a probs Q/DQ goes with its fused block
         scale, mask, kind, why = _score_chain(b)
         if not why and b.softmax.args[1] not in (-1, len(b.softmax.meta["val"].shape) - 1):
@@ -159,33 +190,41 @@ def fuse_attention(gm: GraphModule, keep_qkv_qdq: bool = False) -> tuple[int, in
         if not why and not _probs_chain_ok(b):
             why = "op between softmax and BMM2 not understood"
         if why:
-            reasons.append(f"{b.module}: {why}")
+            res.reasons.append(f"{b.module}: {why}")
             continue
         q, kt, v = b.bmm1.args[0], b.bmm1.args[1], b.bmm2.args[1]
         quantized = all(is_qdq(t) for t in (q, kt, v))
-        if quantized and not keep_qkv_qdq:
-            q, kt, v = q.args[0], kt.args[0], v.args[0]
-        if not is_qdq(q) and isinstance(q, Node) and q.target is aten.mul.Tensor and len(q.users) == 1 \
-                and constant_scalar(q.args[1]) is not None:
-            scale *= constant_scalar(q.args[1])  # an unquantized Q: let SDPA apply the scale
-            q = q.args[0]
+        path, reason = choose(mode, quantized, hint_shape(q), hint_shape(v), kind, dtype, device)
         if kind == "add" and _provably(gm, mask, 0.0):
-            mask, dropped = None, dropped + 1
+            mask, res.zero_masks_dropped = None, res.zero_masks_dropped + 1
         elif kind == "keep":
             cond = mask[1] if isinstance(mask, tuple) else mask
             if _provably(gm, cond, not isinstance(mask, tuple)):
-                mask, dropped = None, dropped + 1
-        with g.inserting_before(b.bmm2):
-            k = g.call_function(aten.transpose.int, (kt, -2, -1))
-            if isinstance(mask, tuple):  # masked_fill(cond, -inf): SDPA's boolean mask keeps where True
-                mask = g.call_function(aten.logical_not.default, (mask[1],))
-            attn = g.call_function(aten.scaled_dot_product_attention.default, (q, k, v),
-                                   {"attn_mask": mask, "dropout_p": 0.0, "is_causal": False, "scale": scale})
+                mask, res.zero_masks_dropped = None, res.zero_masks_dropped + 1
+        if path == "fp8":
+            if kind == "keep" and mask is not None:
+                with g.inserting_before(b.bmm2):  # masked_fill(cond, -inf) / where(keep, s, -inf) -> additive
+                    mask = g.call_function(additive_mask, (mask[1], True) if isinstance(mask, tuple) else (mask, False))
+            attn = _fp8_block(g, b, q, kt, v, mask, scale, dtype, buffers)
+        else:
+            if quantized and not keep_qkv_qdq:
+                q, kt, v = q.args[0], kt.args[0], v.args[0]
+            if not is_qdq(q) and isinstance(q, Node) and q.target is aten.mul.Tensor and len(q.users) == 1 \
+                    and constant_scalar(q.args[1]) is not None:
+                scale *= constant_scalar(q.args[1])  # an unquantized Q: let SDPA apply the scale
+                q = q.args[0]
+            with g.inserting_before(b.bmm2):
+                k = g.call_function(aten.transpose.int, (kt, -2, -1))
+                if isinstance(mask, tuple):  # masked_fill(cond, -inf): SDPA's boolean mask keeps where True
+                    mask = g.call_function(aten.logical_not.default, (mask[1],))
+                attn = g.call_function(aten.scaled_dot_product_attention.default, (q, k, v),
+                                       {"attn_mask": mask, "dropout_p": 0.0, "is_causal": False, "scale": scale})
+            res.fp8_qkv += quantized and keep_qkv_qdq
         attn.meta.update({key: b.bmm2.meta[key] for key in ("nn_module_stack", "val") if key in b.bmm2.meta})
         b.bmm2.replace_all_uses_with(attn)
         _erase_block(b)
-        fused += 1
-        fp8_qkv += quantized and keep_qkv_qdq
+        res.fused += 1
+        res.choices.append((b.module, path, reason))
     g.eliminate_dead_code()
     gm.recompile()
-    return fused, fp8_qkv, dropped, reasons
+    return res

@@ -2,17 +2,18 @@
 
 decompose_qdq: every other `fxq.fp8_qdq` (attention q/k/v, GEMMs left in float) becomes plain ATen
 ops, so Inductor fuses it into the op that produces its input (a custom op is opaque to it).
-cast_graph: parameters, constants, float inputs and the fp32 literals of the capture (softmax
-upcasts, full(dtype=float32), finfo(float32).min masks) move to fp16/bf16.
+cast_graph: parameters, constants and float inputs move to fp16/bf16; dtype literals follow the rule
+the ONNX export follows (fxq/conversion/graph_dtype.py): the model's own dtype becomes fp16/bf16, its deliberate
+upcasts (a BF16 model's fp32 timestep embedding, fp64 RoPE table) stay.
 """
 from __future__ import annotations
 
-import math
-
 import torch
 from torch.fx import GraphModule
+from torch.fx.node import map_aggregate
 
 from fxq.conversion import ops
+from fxq.conversion.graph_dtype import convert_literals
 from fxq.graph_utils import attr_value, set_attr_value
 from fxq.lower.gemms import BUFFER, Buffers
 from fxq.lower.ops import DEQUANT, QDQ, fake_quant, fp8_linear, quantize_fp8, to_dtype
@@ -30,9 +31,8 @@ def decompose_qdq(gm: GraphModule, dtype: torch.dtype, buffers: Buffers) -> int:
     nodes = list(g.find_nodes(op="call_function", target=QDQ))
     for n in nodes:
         s = buffers.scale(float(n.args[1]), dtype, n)
-        inv = buffers.scale(float(n.args[1]), dtype, n, inverse=True)
         with g.inserting_before(n):
-            new = g.call_function(fake_quant, (n.args[0], s, inv))
+            new = g.call_function(fake_quant, (n.args[0], s))
         new.meta.update(n.meta)
         n.replace_all_uses_with(new)
         g.erase_node(n)
@@ -48,41 +48,33 @@ def decompose_qdq(gm: GraphModule, dtype: torch.dtype, buffers: Buffers) -> int:
     return len(nodes) + len(weights)
 
 
-def cast_literals(gm: GraphModule, dtype: torch.dtype, device: torch.device | None = None) -> int:
-    """fp32/fp64 dtype literals -> dtype; float literals clamped to dtype's finite range; device literals -> device.
-
-    The captured graph is fp32: softmax(dtype=float32) upcasts, to(float32), full(..., dtype=float32)
-    and finfo(float32).min masks. In fp16 that min is -inf, and 0 * -inf is NaN, hence the clamp.
-    Returns how many nodes changed. (fxq's scale arguments are tiny and never clamped.)
-    """
-    big = torch.finfo(dtype).max
-
-    def lit(v):
-        if isinstance(v, torch.dtype):
-            return dtype if v in _WIDE_FLOATS else v
-        if isinstance(v, float):
-            return max(-big, min(big, v)) if not math.isnan(v) else v
-        if isinstance(v, torch.device) and device is not None and v != device:
-            return device
-        if isinstance(v, (list, tuple)):
-            return type(v)(lit(a) for a in v)
-        return v
+def device_literals(gm: GraphModule, device: torch.device) -> int:
+    """device= literals -> device (a graph captured on CPU, lowered on the GPU). Returns how many nodes changed."""
+    def fix(v):
+        return device if isinstance(v, torch.device) and v != device else v
 
     changed = 0
-    for node in gm.graph.nodes:
-        if node.op != "call_function" or node.target in (QDQ, quantize_fp8, fake_quant, fp8_linear):
-            continue
-        args = tuple(lit(a) for a in node.args)
-        kwargs = {k: lit(v) for k, v in node.kwargs.items()}
+    for node in [n for n in gm.graph.nodes if n.op == "call_function"]:
+        args, kwargs = map_aggregate(node.args, fix), map_aggregate(node.kwargs, fix)
         if args != node.args or kwargs != node.kwargs:
             node.args, node.kwargs = args, kwargs
             changed += 1
+    return changed
+
+
+def cast_literals(gm: GraphModule, dtype: torch.dtype, captured: torch.dtype, device: torch.device | None = None) -> int:
+    """Dtype literals by graph_dtype's rule (the one the ONNX export follows), float64 upcasts kept;
+    mask sentinels clamped, other literals beyond dtype's range refused; device literals -> device.
+    Returns how many literals and nodes changed."""
+    changed = convert_literals(gm.graph, dtype, captured, widest=torch.float64)
+    changed += device_literals(gm, device) if device is not None else 0
     gm.recompile()
     return changed
 
 
-def cast_graph(gm: GraphModule, dtype: torch.dtype, device: torch.device | None = None) -> int:
-    """The whole graph in `dtype`: literals (see cast_literals), float tensors read by get_attr, float inputs.
+def cast_graph(gm: GraphModule, dtype: torch.dtype, captured: torch.dtype, device: torch.device | None = None) -> int:
+    """The graph in `dtype`: float tensors read by get_attr, float inputs, and literals (see cast_literals:
+    the model's deliberate fp32/fp64 upcasts stay).
 
     fxq's own buffers (FP8 codes, fp32 scales) stay as they are. Returns cast_literals' count.
     """
@@ -102,4 +94,4 @@ def cast_graph(gm: GraphModule, dtype: torch.dtype, device: torch.device | None 
             cast = g.call_function(to_dtype, (ph, dtype))
         ph.replace_all_uses_with(cast, delete_user_cb=lambda u: u is not cast and u.op != "call_module")
     gm.recompile()
-    return cast_literals(gm, dtype, device)
+    return cast_literals(gm, dtype, captured, device)

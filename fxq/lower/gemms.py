@@ -10,10 +10,11 @@ from __future__ import annotations
 import torch
 from torch.fx import GraphModule, Node
 
-from fxq.conversion import ops
-from fxq.placement import records
+from onnx_post import fp8
+
 from fxq.graph_utils import attr_value
 from fxq.lower.ops import DEQUANT, QDQ, fp8_linear, is_qdq, quantize_fp8
+from fxq.placement import records
 
 GEMM_MULTIPLE = 16  # cuBLASLt FP8: K and N must be multiples of 16
 BUFFER = "fxq_lower_buffer"  # node.meta tag on the get_attr nodes of the tensors lower adds (kept as they are)
@@ -34,10 +35,14 @@ class Buffers:
         node.meta[BUFFER] = kind
         return node
 
-    def scale(self, scale: float, dtype: torch.dtype, before: Node, inverse: bool = False) -> Node:
+    def scale(self, scale: float, dtype: torch.dtype, before: Node) -> Node:
         # Rounded to the graph dtype first: the ONNX/TensorRT graph stores the scale in fp16/bf16 too.
-        s = ops.round_scale(scale, dtype).double()
-        return self.add((1.0 / s if inverse else s).float(), before, "inv_scale" if inverse else "scale")
+        return self.add(stored_scale_tensor(scale, dtype), before, "scale")
+
+
+def stored_scale_tensor(scale: float, dtype: torch.dtype) -> torch.Tensor:
+    """The scale as the graph stores it (fp8.stored_scale, rounded to dtype), as the fp32 0-d tensor lower uses."""
+    return torch.tensor(fp8.stored_scale(scale, dtype), dtype=torch.float32)
 
 
 def weight_fp8(gm: GraphModule, node, dtype: torch.dtype) -> tuple[torch.Tensor, float] | None:
@@ -56,8 +61,7 @@ def weight_fp8(gm: GraphModule, node, dtype: torch.dtype) -> tuple[torch.Tensor,
     if node.target is not QDQ:
         return None
     w, scale = attr_value(gm, node.args[0].target).detach(), float(node.args[1])
-    inv = (1.0 / ops.round_scale(scale, dtype).double()).float().to(w.device)
-    return quantize_fp8(w, inv), scale
+    return fp8.quantize(w, fp8.stored_scale(scale, dtype)), scale
 
 
 def _extra_kwargs(node: Node, rec: records.GemmRecord) -> bool:
@@ -85,9 +89,8 @@ def lower_gemms(gm: GraphModule, dtype: torch.dtype, buffers: Buffers) -> tuple[
             continue
         if x not in quantized:
             scale_of[x] = buffers.scale(float(x.args[1]), dtype, x)
-            inv = buffers.scale(float(x.args[1]), dtype, x, inverse=True)
             with g.inserting_after(x):
-                quantized[x] = g.call_function(quantize_fp8, (x.args[0], inv))
+                quantized[x] = g.call_function(quantize_fp8, (x.args[0], scale_of[x]))
         w_node = buffers.add(codes, node, "fp8_weight")
         sw = buffers.scale(w_scale, dtype, node)
         with g.inserting_before(node):

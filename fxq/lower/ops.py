@@ -5,27 +5,27 @@ from __future__ import annotations
 import torch
 from torch.fx import Node
 
-from fxq.conversion import ops
+from onnx_post import fp8
+
 from fxq.conversion.insert import DEQUANT, QDQ  # noqa: F401  (the fxq ops lower replaces)
+from fxq.kernels import fp8_attention_codes  # noqa: F401  (registers torch.ops.fxq.fp8_attention)
+
+FP8_ATTENTION = torch.ops.fxq.fp8_attention.default
 
 
 def is_qdq(node) -> bool:
     return isinstance(node, Node) and node.op == "call_function" and node.target is QDQ
 
 
-def quantize_fp8(x: torch.Tensor, inv_scale: torch.Tensor) -> torch.Tensor:
-    """x / scale, saturated, rounded to E4M3: the QuantizeLinear half of fxq.fp8_qdq.
-
-    A multiply by the fp32 reciprocal, not a divide: cheaper inside the fused kernels (GELU + quantize went
-    from 281 to 270 us per call at ViT-base batch 256 on an H200). It can move a value that sits exactly on
-    a rounding boundary by one code.
-    """
-    return torch.clamp(x.float() * inv_scale, -ops.FP8_MAX, ops.FP8_MAX).to(ops.FP8_DTYPE)
+def quantize_fp8(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """E4M3 codes of x at `scale` (an fp32 0-d tensor of fp8.stored_scale): x / scale, saturated, rounded,
+    exactly as the ONNX graph's QuantizeLinear divides (the one FP8 numerics module, onnx_post/fp8.py)."""
+    return fp8.quantize(x, scale, chunk=None)
 
 
-def fake_quant(x: torch.Tensor, scale: torch.Tensor, inv_scale: torch.Tensor) -> torch.Tensor:
-    """fxq.fp8_qdq as ATen ops Inductor can fuse (scales: fp32 0-d tensors)."""
-    return (quantize_fp8(x, inv_scale).float() * scale).to(x.dtype)
+def fake_quant(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """fxq.fp8_qdq as ATen ops Inductor can fuse: QuantizeLinear then DequantizeLinear, back in x's dtype."""
+    return fp8.dequantize(quantize_fp8(x, scale), scale, x.dtype)
 
 
 def fp8_linear(x: torch.Tensor, w: torch.Tensor, scale_x: torch.Tensor, scale_w: torch.Tensor,
@@ -38,3 +38,15 @@ def fp8_linear(x: torch.Tensor, w: torch.Tensor, scale_x: torch.Tensor, scale_w:
 
 def to_dtype(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return x.to(dtype) if x.is_floating_point() else x
+
+
+def quantize_values(v: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """E4M3 codes of v (B, H, T, D) stored with the key axis contiguous: the layout Hopper's FP8 P V product
+    reads (fxq/kernels/fp8_attention.py); the transpose is fused into the quantize kernel."""
+    return quantize_fp8(v.transpose(-1, -2), scale).contiguous().transpose(-1, -2)
+
+
+def additive_mask(cond: torch.Tensor, drop_where_true: bool) -> torch.Tensor:
+    """A boolean mask as the additive fp32 mask the FP8 attention op takes (0 keeps, -inf drops)."""
+    drop = cond if drop_where_true else ~cond
+    return torch.zeros(drop.shape, dtype=torch.float32, device=drop.device).masked_fill(drop, float("-inf"))
