@@ -29,11 +29,10 @@ def patches(x: torch.Tensor, kernel: tuple[int, ...]) -> torch.Tensor:
     return x.permute(order).reshape(x.shape[0], *spatial, -1)
 
 
-def fp8_patch_conv(x: torch.Tensor, inv_scale_x: torch.Tensor, w: torch.Tensor, scale_x: torch.Tensor,
-                   scale_w: torch.Tensor, bias: torch.Tensor | None, kernel: tuple[int, ...],
-                   out_dtype: torch.dtype) -> torch.Tensor:
+def fp8_patch_conv(x: torch.Tensor, w: torch.Tensor, scale_x: torch.Tensor, scale_w: torch.Tensor,
+                   bias: torch.Tensor | None, kernel: tuple[int, ...], out_dtype: torch.dtype) -> torch.Tensor:
     """conv(x, W, stride=kernel) on one _scaled_mm: x float [B, C, *S], w FP8 codes [N, C * prod(kernel)]."""
-    y = fp8_linear(quantize_fp8(patches(x, kernel), inv_scale_x), w, scale_x, scale_w, bias, out_dtype)
+    y = fp8_linear(quantize_fp8(patches(x, kernel), scale_x), w, scale_x, scale_w, bias, out_dtype)
     return y.movedim(-1, 1)  # [B, N, *S // kernel]
 
 
@@ -51,11 +50,10 @@ def lower_convs(gm: GraphModule, dtype: torch.dtype, buffers: Buffers) -> tuple[
         codes, w_scale = wq
         w_node = buffers.add(codes.reshape(rec.out_channels, k_dim).contiguous(), node, "fp8_weight")
         sx = buffers.scale(float(x.args[1]), dtype, node)
-        inv = buffers.scale(float(x.args[1]), dtype, node, inverse=True)
         sw = buffers.scale(w_scale, dtype, node)
         bias = node.args[rec.bias_arg] if rec.bias_arg is not None else None
         with g.inserting_before(node):
-            new = g.call_function(fp8_patch_conv, (x.args[0], inv, w_node, sx, sw, bias, rec.kernel, dtype))
+            new = g.call_function(fp8_patch_conv, (x.args[0], w_node, sx, sw, bias, rec.kernel, dtype))
         new.meta.update({key: node.meta[key] for key in ("nn_module_stack", "val") if key in node.meta})
         node.replace_all_uses_with(new)
         g.erase_node(node)
