@@ -7,6 +7,8 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
+from .pending import PendingValues
+
 
 def nodes_of(graph: gs.Graph, op: str) -> list[gs.Node]:
     """Nodes of one op type that are still wired in (a pass may have detached some this round)."""
@@ -25,6 +27,8 @@ def only_consumer(t: gs.Tensor) -> gs.Node | None:
 
 
 def _constant_array(c: gs.Constant) -> np.ndarray:
+    if isinstance(c._values, PendingValues):  # a weight not written yet: made from its source now
+        return c._values.load()
     # graphsurgeon casts FP8 constants to float when .values is read; read the proto instead.
     tensor = getattr(c._values, "tensor", None)
     if tensor is not None:
@@ -41,6 +45,13 @@ def const_value(t: gs.Tensor) -> np.ndarray | None:
         v = node.attrs["value"]
         return _constant_array(v) if isinstance(v, gs.Constant) else None
     return None
+
+
+def transposed(c: gs.Constant) -> np.ndarray | PendingValues:
+    """W^T of a 2-D constant; a weight not written yet stays unwritten (transposed when it is)."""
+    if isinstance(c._values, PendingValues):
+        return c._values.transposed()
+    return np.ascontiguousarray(const_value(c).T)
 
 
 def scalar(t: gs.Tensor) -> float | None:

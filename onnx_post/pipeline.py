@@ -11,6 +11,7 @@ from .passes.casts import fold_cast_round_trips, remove_noop_casts, remove_widen
 from .passes.constants import fold_constant_weight_inputs
 from .passes.masks import remove_zero_masks
 from .passes.transposes import fuse_transpose_pairs
+from .pending import Pending
 from .passes.weights import fold_weight_quantize, pretranspose_weights, unshare_weight_dq
 from .skeleton import infer_shapes
 
@@ -40,9 +41,14 @@ def run_passes(graph: gs.Graph, passes=PASSES) -> dict[str, int]:
     return counts
 
 
-def run_pipeline(model: onnx.ModelProto, passes=PASSES) -> tuple[onnx.ModelProto, dict[str, int]]:
+def run_pipeline(model: onnx.ModelProto, passes=PASSES, pending: Pending | None = None,
+                 ) -> tuple[onnx.ModelProto, dict[str, int]]:
+    """pending: the registry of the model's stub tensors (onnx_post/pending.py), whose values the passes
+    load one at a time when they read them; the output holds stubs for them and for what passes derive."""
     infer_shapes(model)  # shapes and dtypes on every tensor let passes check broadcasting
     graph = gs.import_onnx(model)
+    if pending is not None:
+        pending.attach(graph)
     counts = run_passes(graph, passes)
     out = gs.export_onnx(graph, do_type_check=True)
     # graphsurgeon drops node metadata; keep the exporter's module scopes for the checker's report.

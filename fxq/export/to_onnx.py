@@ -19,12 +19,15 @@ from fxq.export.names import output_names, rename_dims, rename_outputs
 from fxq.conversion.insert import DEQUANT, DEQUANT_AXIS, QDQ
 from fxq.memory import release_free_memory
 from fxq.quiet import quiet
+from fxq.export.stream import stub_initializers
 from onnx_post import IR_VERSION, fp8, skeleton
+from onnx_post.pending import Pending, total_bytes, write_tensors
 
 DEFAULT_OPSET = 21  # onnxruntime computes fp16 Q/DQ in fp32 up to 21, as fxq's torch op does
 # Conv and Cos have no bfloat16 type before opset 22; 23 is the newest torch 2.13 exports.
 BF16_MIN_OPSET = 22
 BF16_DEFAULT_OPSET = 23
+# Weights above this many bytes in all go to a .data file next to the model (tensors of 1 KiB or more):
 # protobuf cannot serialise 2 GiB; leave headroom for the graph itself.
 EXTERNAL_DATA_BYTES = 2**31 - 2**26
 _TORCH = {ir.DataType.FLOAT: torch.float32, ir.DataType.FLOAT16: torch.float16, ir.DataType.BFLOAT16: torch.bfloat16}
@@ -106,22 +109,26 @@ class ExportResult:
     dtype: torch.dtype
     opset: int
     bytes: int
+    external_data: bool = False  # the weights are in path.data
     seconds: dict = field(default_factory=dict)  # stage -> wall seconds
     post_counts: dict = field(default_factory=dict)  # onnx_post pass -> times it fired
 
 
-def _save(model: onnx.ModelProto, path: Path) -> None:
-    """Write next to the target, then rename: the target is never a half-written file."""
-    # Sum tensor bytes rather than ByteSize(): the latter fails on protos past 2 GiB.
-    external = sum(len(t.raw_data) for t in model.graph.initializer) > EXTERNAL_DATA_BYTES
-    # The full check, on the graph without a copy of its weights; before saving, which moves
-    # external tensors' data out of the proto.
+def _save(model: onnx.ModelProto, path: Path, pending: Pending | None = None,
+          external_data_bytes: int | None = None) -> bool:
+    """Stream the weights into `path` (inline) or `path`.data, tensor by tensor, then write the graph; all in
+    a staging folder renamed over the targets at the end: no target is ever a half-written file.
+    Returns True when the weights went to the .data file."""
+    limit = EXTERNAL_DATA_BYTES if external_data_bytes is None else external_data_bytes
+    external = total_bytes(model) > limit
+    # The full check, on the graph without a copy of its weights.
     skeleton.check(model)
-    with staging(path, companions=[path.name + ".data"]) as tmpdir:  # fxq/atomic.py: signal-safe rename
-        tmp = tmpdir / path.name
-        # format= explicitly: onnx.save would pick JSON or text protobuf from a .json/.txtpb suffix.
-        onnx.save(model, tmp, format="protobuf", save_as_external_data=external, all_tensors_to_one_file=True,
-                  location=path.name + ".data")
+    data = path.name + ".data"
+    with staging(path, companions=[data]) as tmpdir:  # fxq/atomic.py: signal-safe rename
+        write_tensors(model, pending or Pending(), tmpdir if external else None, data)
+        with open(tmpdir / path.name, "wb") as f:  # binary protobuf, whatever the suffix
+            f.write(model.SerializeToString())
+    return external
 
 
 def pick_opset(dtype: torch.dtype, opset: int | None) -> int:
@@ -172,10 +179,12 @@ def check_graph_dtype(model: onnx.ModelProto, dtype: torch.dtype) -> None:
 
 
 def export_onnx(qm, path, dtype: torch.dtype = torch.float16, opset: int | None = None,
-                post_process: bool = True) -> ExportResult:
+                post_process: bool = True, external_data_bytes: int | None = None) -> ExportResult:
     """Write `qm` as an ONNX file TensorRT can build a strongly typed FP8 engine from.
 
-    opset None picks DEFAULT_OPSET, or BF16_DEFAULT_OPSET for bfloat16."""
+    opset None picks DEFAULT_OPSET, or BF16_DEFAULT_OPSET for bfloat16. Weights of more than
+    `external_data_bytes` in all (None: EXTERNAL_DATA_BYTES) are written to `path`.data, one tensor at a time from the program's own
+    tensors: the model is never held a second time in host memory."""
     if dtype not in (torch.float16, torch.bfloat16, torch.float32):
         raise ValueError(f"dtype must be torch.float16, torch.bfloat16 or torch.float32, got {dtype}")
     opset = pick_opset(dtype, opset)
@@ -195,25 +204,27 @@ def export_onnx(qm, path, dtype: torch.dtype = torch.float16, opset: int | None 
             custom_translation_table=_translations(_onnxscript_opset(opset)),
         )
         clean_up(program.model)
-    model = ir.to_proto(program.model)
+    pending = Pending()
+    counts = {"stub_initializers": stub_initializers(program.model, pending)}
+    model = ir.to_proto(program.model)  # the graph and small constants; weights stay in the program's tensors
     names = output_names(ep)
-    del program, ep  # the ONNX proto holds the weights now
+    del program, ep  # the stubs' loaders keep the weight tensors they read
     release_free_memory()
     seconds["onnx_export"] = time.perf_counter() - t
-    counts = {}
     if post_process:
         from onnx_post import pipeline
 
         t = time.perf_counter()
-        model, counts = pipeline.run_pipeline(model)
+        model, post_counts = pipeline.run_pipeline(model, pending=pending)
+        counts.update(post_counts)
         seconds["post_process"] = time.perf_counter() - t
     counts["rename_outputs"] = rename_outputs(model, names)
     counts["rename_dims"] = rename_dims(model)
     check_graph_dtype(model, dtype)
     model.ir_version = IR_VERSION
     t = time.perf_counter()
-    _save(model, path)
+    external = _save(model, path, pending, external_data_bytes)
     seconds["save"] = time.perf_counter() - t
-    size = path.stat().st_size + (path.with_name(path.name + ".data").stat().st_size
-                                  if path.with_name(path.name + ".data").exists() else 0)
-    return ExportResult(path, dtype, opset, size, seconds, counts)
+    data = path.with_name(path.name + ".data")
+    size = path.stat().st_size + (data.stat().st_size if external else 0)
+    return ExportResult(path, dtype, opset, size, external, seconds, counts)

@@ -7,7 +7,7 @@ import onnx_graphsurgeon as gs
 
 from .. import fp8
 from ..gs_utils import (const_value, is_zero_point_zero, new_name, nodes_of, only_consumer, replace_uses, set_input,
-                        set_shape)
+                        set_shape, transposed)
 
 
 FLOAT_WEIGHTS = {np.dtype(np.float16), np.dtype(np.float32), np.dtype(ml_dtypes.bfloat16)}
@@ -65,11 +65,11 @@ def pretranspose_weights(graph: gs.Graph) -> int:
             target = None
         else:
             continue
-        wt = gs.Constant(new_name(graph, w.name + "_t"), np.ascontiguousarray(const_value(w).T))
+        wt = gs.Constant(new_name(graph, w.name + "_t"), transposed(w))
         dq.inputs[0] = wt
         if const_value(dq.inputs[1]).size != 1:
             dq.attrs["axis"] = 1 - dq.attrs.get("axis", 1) % 2
-        set_shape(out, wt.values.shape)
+        set_shape(out, wt.shape)
         if target is None:
             user.attrs["transB"] = 0
         else:
