@@ -1,0 +1,231 @@
+"""Export time and host memory: a plain BF16 torch.onnx.export(dynamo=True) against fxq's export of the same model.
+
+Each side runs in its own fresh process on the same model (random weights, BF16; time and memory do not depend on
+the values), and writes ONNX with external data:
+  plain  torch.onnx.export(model, dynamo=True, opset 23, external_data=True): the model as it is, no quantization
+  fxq    fxq.quantize (2 calibration batches) -> the float model dropped -> qm.export_onnx(dtype=bfloat16,
+         external_data_bytes=0: external data at any size, as torch writes it; a 12B model gets it by default)
+Peak host RSS is measured over each export alone (VmHWM reset through /proc/self/clear_refs) and given against
+the model's BF16 weight bytes; fxq's quantize peak is given per parameter above the loaded model's own RSS.
+Each result row goes into the `export_memory` section of --out as soon as it is measured.
+
+    python -m benchmarks.export_memory --model flux --full --out $OUT/diffusion_scale.md  # Flux.1-dev 12B, GPU
+    python -m benchmarks.export_memory --model flux --blocks 1,2        # full width, 1+2 blocks (0.7B), CPU
+    python -m benchmarks.export_memory --model vit-l                     # ViT-L/16 in BF16, CPU
+    python -m benchmarks.export_memory --model flux --tiny --out /tmp/x.md   # seconds: checks the script
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import json
+import os
+import platform
+import re
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+GIB = 2**30
+BEGIN, END = "<!-- export_memory -->", "<!-- /export_memory -->"
+
+
+def _status_kib(key: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    raise KeyError(key)
+
+
+class Window:
+    """Peak RSS (bytes) and seconds of the code inside; the peak is this window's own where Linux lets a
+    process reset its high-water mark, else the process's peak so far (flagged: `peak_is_process_wide`)."""
+
+    def __enter__(self):
+        gc.collect()
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")  # resets VmHWM to the current RSS
+            self.windowed = True
+        except OSError:
+            self.windowed = False
+        self.start = _status_kib("VmRSS") * 1024
+        self.t = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        self.seconds = time.perf_counter() - self.t
+        self.peak = (_status_kib("VmHWM") * 1024 if self.windowed
+                     else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+
+    def row(self, prefix: str) -> dict:
+        return {f"{prefix}_s": self.seconds, f"{prefix}_peak": self.peak, f"{prefix}_start": self.start,
+                "peak_is_process_wide": not self.windowed}
+
+
+def build(args):
+    """(model, [example, calibration batch, calibration batch]) at BF16 on args.device, random weights."""
+    import torch
+
+    torch.manual_seed(0)
+    torch.set_default_dtype(torch.bfloat16)  # init straight in BF16 (a 12B model's fp32 copy would be 48 GB)
+    try:
+        with torch.device(args.device):
+            if args.model == "flux":
+                from diffusers import FluxTransformer2DModel
+
+                from benchmarks.lower_flux import FULL, SMOKE, inputs
+
+                cfg = SMOKE if args.tiny else dict(FULL, **_blocks(args))
+                model = FluxTransformer2DModel(**cfg).eval()
+                img, txt = (64, 16) if args.tiny or not args.full else (4096, 512)
+                batches = [inputs(cfg, img, txt, seed, args.device) for seed in range(3)]
+            else:
+                import transformers
+
+                from benchmarks.scaling import VITS
+
+                size = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128) \
+                    if args.tiny else VITS["vit_large" if args.model == "vit-l" else "vit_huge"]
+                cfg = transformers.ViTConfig(**size)
+                model = transformers.ViTModel._from_config(cfg, attn_implementation="sdpa",
+                                                           add_pooling_layer=False).eval()
+                batches = [{"pixel_values": torch.randn(2, 3, cfg.image_size, cfg.image_size)} for _ in range(3)]
+    finally:
+        torch.set_default_dtype(torch.float32)
+    return model, batches
+
+
+def _blocks(args) -> dict:
+    if args.full:
+        return {}
+    double, single = (int(n) for n in args.blocks.split(","))
+    return dict(num_layers=double, num_single_layers=single)
+
+
+def worker(args, side: str, out: Path) -> dict:
+    """One side in this process; returns its row."""
+    import torch
+    import torch.onnx  # noqa: F401  (both sides import the exporter before any clock)
+
+    loaded_from = _status_kib("VmRSS") * 1024
+    model, batches = build(args)
+    params = sum(p.numel() for p in model.parameters())
+    row = {"side": side, "params": params, "weight_bytes": sum(p.numel() * p.element_size() for p in model.parameters()),
+           "loaded_rss": _status_kib("VmRSS") * 1024 - loaded_from}
+    cuda = torch.device(args.device).type == "cuda"
+    if side == "plain":
+        with Window() as w:
+            torch.onnx.export(model, (), str(out), kwargs=batches[0], dynamo=True, opset_version=23,
+                              external_data=True, verbose=False)
+        row.update(w.row("export"))
+    else:
+        import fxq
+        from fxq.memory import release_free_memory
+
+        with Window() as q, torch.no_grad():
+            qm = fxq.quantize(model, batches[0], batches[1:], dynamic_batch=False, progress=False)
+        row.update(q.row("quantize"))
+        row["quantize_stages"] = qm.seconds
+        del model  # qm owns its state; the float model is not needed to export
+        release_free_memory()
+        with Window() as w:
+            r = qm.export_onnx(out, dtype=torch.bfloat16, external_data_bytes=0)
+        row.update(w.row("export"))
+        row["export_stages"] = r.seconds
+    row["file_bytes"] = sum(p.stat().st_size for p in out.parent.iterdir())
+    if cuda:
+        row["gpu_peak"] = torch.cuda.max_memory_allocated()
+    return row
+
+
+def run_side(args, side: str) -> dict:
+    with tempfile.TemporaryDirectory(dir=args.tmp) as d:
+        cmd = [sys.executable, "-m", "benchmarks.export_memory", *args.argv, "--worker", side, str(Path(d) / "m.onnx")]
+        p = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True)
+        line = next((x for x in p.stdout.splitlines() if x.startswith("RESULT ")), None)
+        if line is None:
+            raise RuntimeError(f"{side} failed (exit {p.returncode}):\n{p.stderr[-4000:]}")
+        return json.loads(line[7:])
+
+
+def table(args, rows: dict) -> str:
+    head = ["| side | params | BF16 weights GB | export s | export peak RSS GB | peak / weights | RSS at start GB |"
+            " peak above start / weights | file GB | notes |", "|" + "---|" * 10]
+    for side, r in rows.items():
+        w = r["weight_bytes"]
+        notes = []
+        if side == "fxq":
+            q = r["quantize_peak"] - r["loaded_rss"]
+            notes.append(f"quantize {r['quantize_s']:.0f} s, peak {r['quantize_peak'] / GIB:.2f} GB = "
+                         f"{q / r['params']:.2f} B/param above the loaded model's RSS")
+            notes.append("export " + ", ".join(f"{k} {v:.1f}" for k, v in r["export_stages"].items()))
+        if "gpu_peak" in r:
+            notes.append(f"GPU peak {r['gpu_peak'] / GIB:.1f} GB")
+        if r["peak_is_process_wide"]:
+            notes.append("peak is the process's (VmHWM could not be reset)")
+        head.append(f"| {side} | {r['params'] / 1e9:.2f}B | {w / GIB:.2f} | {r['export_s']:.1f} | "
+                    f"{r['export_peak'] / GIB:.2f} | {r['export_peak'] / w:.2f} | {r['export_start'] / GIB:.2f} | "
+                    f"{(r['export_peak'] - r['export_start']) / w:.2f} | {r['file_bytes'] / GIB:.2f} | "
+                    f"{'; '.join(notes)} |")
+    if len(rows) == 2:
+        head.append(f"\nfxq export time / plain export time: "
+                    f"**{rows['fxq']['export_s'] / rows['plain']['export_s']:.2f}** (goal <= 1.5); "
+                    f"fxq export peak / BF16 weights: **{rows['fxq']['export_peak'] / rows['fxq']['weight_bytes']:.2f}**"
+                    " (goal <= 1.5)")
+    return "\n".join(head)
+
+
+def write_section(path: Path, text: str) -> None:
+    """Replace this benchmark's section of `path` (kept between markers), leaving the rest of the file as it is."""
+    from fxq.atomic import write_text
+
+    old = path.read_text() if path.exists() else "# Diffusion transformers at scale\n"
+    block = f"{BEGIN}\n{text}\n{END}"
+    pattern = re.compile(re.escape(BEGIN) + ".*?" + re.escape(END), re.S)
+    write_text(path, pattern.sub(lambda _: block, old) if pattern.search(old) else old.rstrip() + "\n\n" + block + "\n")
+
+
+def main(argv=None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", choices=["flux", "vit-l", "vit-h"], default="flux")
+    ap.add_argument("--full", action="store_true", help="Flux.1-dev's full transformer (19+38 blocks, 11.9B), on CUDA")
+    ap.add_argument("--tiny", action="store_true", help="a tiny config: checks the script in seconds")
+    ap.add_argument("--blocks", default="1,2", help="Flux double,single blocks at full width when not --full")
+    ap.add_argument("--device", default=None, help="default: cuda for --full, else cpu")
+    ap.add_argument("--out", type=Path, default=ROOT / "results" / "diffusion_scale.md")
+    ap.add_argument("--tmp", default=None, help="folder for the ONNX files (default: the system's temp folder)")
+    ap.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    args.device = args.device or ("cuda" if args.full else "cpu")
+    if args.worker:
+        print("RESULT " + json.dumps(worker(args, args.worker[0], Path(args.worker[1]))), flush=True)
+        return
+    args.argv = [a for a in argv if a != "--worker"]
+    import torch
+
+    size = "tiny" if args.tiny else "full (11.9B)" if args.full and args.model == "flux" else \
+        f"{args.blocks} blocks at full width" if args.model == "flux" else "full"
+    device = torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or "cpu"
+    title = (f"## Export time and host memory: {args.model} ({size}), BF16, random weights\n\n"
+             f"{datetime.date.today()}, {device} ({args.device}), {os.cpu_count()} CPU cores, torch {torch.__version__}; "
+             f"`python -m benchmarks.export_memory {' '.join(args.argv)}`. Each side in a fresh process; peak RSS "
+             "over the export alone. plain = torch.onnx.export(dynamo=True, opset 23, external data) of the BF16 "
+             "model; fxq = qm.export_onnx(dtype=bfloat16) of the quantized model, the float model dropped first.\n")
+    rows = {}
+    for side in ("plain", "fxq"):
+        rows[side] = run_side(args, side)
+        write_section(args.out, title + "\n" + table(args, rows))
+        print(table(args, {side: rows[side]}).splitlines()[-1], flush=True)
+    print(title + "\n" + table(args, rows))
+
+
+if __name__ == "__main__":
+    main()
