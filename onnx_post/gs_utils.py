@@ -7,7 +7,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from .pending import PendingValues
+from .pending import PendingValues, transpose
 
 
 def nodes_of(graph: gs.Graph, op: str) -> list[gs.Node]:
@@ -51,7 +51,7 @@ def transposed(c: gs.Constant) -> np.ndarray | PendingValues:
     """W^T of a 2-D constant; a weight not written yet stays unwritten (transposed when it is)."""
     if isinstance(c._values, PendingValues):
         return c._values.transposed()
-    return np.ascontiguousarray(const_value(c).T)
+    return transpose(const_value(c))
 
 
 def scalar(t: gs.Tensor) -> float | None:

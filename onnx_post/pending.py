@@ -83,8 +83,17 @@ class PendingValues(LazyValues):
         """W^T of a 2-D tensor, computed when it is written."""
         rows, cols = self.tensor.dims
         stub = self.pending.stub(self.tensor.name + "_t", self.tensor.data_type, (cols, rows),
-                                 lambda: np.ascontiguousarray(self.load().T))
+                                 lambda: transpose(self.load()))
         return PendingValues(stub, self.pending)
+
+
+def transpose(a: np.ndarray, rows: int = 16) -> np.ndarray:
+    """A contiguous W^T of a 2-D array, `rows` source rows at a time: a strided whole-array copy runs at
+    about a quarter of the speed (0.65 s against 0.18 s for a 3072 x 12288 FP8 weight)."""
+    out = np.empty(a.shape[::-1], a.dtype)
+    for i in range(0, a.shape[0], rows):
+        out[:, i:i + rows] = a[i:i + rows].T
+    return out
 
 
 def nbytes(t: TensorProto) -> int:
