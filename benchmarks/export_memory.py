@@ -32,7 +32,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 GIB = 2**30
-BEGIN, END = "<!-- export_memory -->", "<!-- /export_memory -->"
 
 
 def _status_kib(key: str) -> int:
@@ -182,13 +181,15 @@ def table(args, rows: dict) -> str:
     return "\n".join(head)
 
 
-def write_section(path: Path, text: str) -> None:
-    """Replace this benchmark's section of `path` (kept between markers), leaving the rest of the file as it is."""
+def write_section(path: Path, key: str, text: str) -> None:
+    """Replace the section `key` of `path` (kept between markers: one per model, size and device), leaving the
+    rest of the file as it is."""
     from fxq.atomic import write_text
 
     old = path.read_text() if path.exists() else "# Diffusion transformers at scale\n"
-    block = f"{BEGIN}\n{text}\n{END}"
-    pattern = re.compile(re.escape(BEGIN) + ".*?" + re.escape(END), re.S)
+    begin, end = f"<!-- export_memory {key} -->", f"<!-- /export_memory {key} -->"
+    block = f"{begin}\n{text}\n{end}"
+    pattern = re.compile(re.escape(begin) + ".*?" + re.escape(end), re.S)
     write_text(path, pattern.sub(lambda _: block, old) if pattern.search(old) else old.rstrip() + "\n\n" + block + "\n")
 
 
@@ -219,10 +220,11 @@ def main(argv=None) -> None:
              f"`python -m benchmarks.export_memory {' '.join(args.argv)}`. Each side in a fresh process; peak RSS "
              "over the export alone. plain = torch.onnx.export(dynamo=True, opset 23, external data) of the BF16 "
              "model; fxq = qm.export_onnx(dtype=bfloat16) of the quantized model, the float model dropped first.\n")
+    key = f"{args.model}-{'tiny' if args.tiny else 'full' if args.full else args.blocks}-{args.device}"
     rows = {}
     for side in ("plain", "fxq"):
         rows[side] = run_side(args, side)
-        write_section(args.out, title + "\n" + table(args, rows))
+        write_section(args.out, key, title + "\n" + table(args, rows))
         print(table(args, {side: rows[side]}).splitlines()[-1], flush=True)
     print(title + "\n" + table(args, rows))
 
