@@ -7,7 +7,8 @@ the values), and writes ONNX with external data:
          external_data_bytes=0: external data at any size, as torch writes it; a 12B model gets it by default)
 Peak host RSS is measured over each export alone (VmHWM reset through /proc/self/clear_refs) and given against
 the model's BF16 weight bytes; fxq's quantize peak is given per parameter above the loaded model's own RSS.
-Each result row goes into the `export_memory` section of --out as soon as it is measured.
+Each side's row is appended to <out>_export.jsonl as soon as it is measured, and the section of --out for this
+model, size and device is rewritten from each side's latest row (so the sides may run in separate commands).
 
     python -m benchmarks.export_memory --model flux --full --out $OUT/diffusion_scale.md  # Flux.1-dev 12B, GPU
     python -m benchmarks.export_memory --model flux --blocks 1,2        # full width, 1+2 blocks (0.7B), CPU
@@ -83,8 +84,6 @@ def build(args):
 
                 cfg = SMOKE if args.tiny else dict(FULL, **_blocks(args))
                 model = FluxTransformer2DModel(**cfg).eval()
-                img, txt = (64, 16) if args.tiny or not args.full else (4096, 512)
-                batches = [inputs(cfg, img, txt, seed, args.device) for seed in range(3)]
             else:
                 import transformers
 
@@ -95,10 +94,14 @@ def build(args):
                 cfg = transformers.ViTConfig(**size)
                 model = transformers.ViTModel._from_config(cfg, attn_implementation="sdpa",
                                                            add_pooling_layer=False).eval()
-                batches = [{"pixel_values": torch.randn(2, 3, cfg.image_size, cfg.image_size)} for _ in range(3)]
     finally:
         torch.set_default_dtype(torch.float32)
-    return model, batches
+    # Inputs outside the device and dtype defaults: their generators are on the CPU, Flux's position ids fp32.
+    if args.model == "flux":
+        img, txt = (4096, 512) if args.full else (64, 16)  # 1024x1024 at full size
+        return model, [inputs(cfg, img, txt, seed, args.device) for seed in range(3)]
+    side = cfg.image_size
+    return model, [{"pixel_values": torch.randn(2, 3, side, side).to(args.device, torch.bfloat16)} for _ in range(3)]
 
 
 def _blocks(args) -> dict:
@@ -161,9 +164,9 @@ def table(args, rows: dict) -> str:
         w = r["weight_bytes"]
         notes = []
         if side == "fxq":
-            q = r["quantize_peak"] - r["loaded_rss"]
+            q = r["quantize_peak"] - r["quantize_start"]  # the start holds the loaded model
             notes.append(f"quantize {r['quantize_s']:.0f} s, peak {r['quantize_peak'] / GIB:.2f} GB = "
-                         f"{q / r['params']:.2f} B/param above the loaded model's RSS")
+                         f"{q / r['params']:.2f} B/param above the RSS with the model loaded")
             notes.append("export " + ", ".join(f"{k} {v:.1f}" for k, v in r["export_stages"].items()))
         if "gpu_peak" in r:
             notes.append(f"GPU peak {r['gpu_peak'] / GIB:.1f} GB")
@@ -203,13 +206,15 @@ def main(argv=None) -> None:
     ap.add_argument("--device", default=None, help="default: cuda for --full, else cpu")
     ap.add_argument("--out", type=Path, default=ROOT / "results" / "diffusion_scale.md")
     ap.add_argument("--tmp", default=None, help="folder for the ONNX files (default: the system's temp folder)")
+    ap.add_argument("--sides", default="fxq,plain",
+                    help="which sides to run, in order (one per command when a device limits a command's time)")
     ap.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     args.device = args.device or ("cuda" if args.full else "cpu")
     if args.worker:
         print("RESULT " + json.dumps(worker(args, args.worker[0], Path(args.worker[1]))), flush=True)
         return
-    args.argv = [a for a in argv if a != "--worker"]
+    args.argv = list(argv)
     import torch
 
     size = "tiny" if args.tiny else "full (11.9B)" if args.full and args.model == "flux" else \
@@ -220,13 +225,19 @@ def main(argv=None) -> None:
              f"`python -m benchmarks.export_memory {' '.join(args.argv)}`. Each side in a fresh process; peak RSS "
              "over the export alone. plain = torch.onnx.export(dynamo=True, opset 23, external data) of the BF16 "
              "model; fxq = qm.export_onnx(dtype=bfloat16) of the quantized model, the float model dropped first.\n")
-    key = f"{args.model}-{'tiny' if args.tiny else 'full' if args.full else args.blocks}-{args.device}"
-    rows = {}
-    for side in ("plain", "fxq"):
-        rows[side] = run_side(args, side)
+    size_key = "tiny" if args.tiny else "full" if args.full or args.model != "flux" else args.blocks
+    key = f"{args.model}-{size_key}-{args.device}"
+    log = args.out.with_name(args.out.stem + "_export.jsonl")  # every row; the table takes each side's latest
+    for side in args.sides.split(","):
+        row = {"key": key, "date": str(datetime.date.today()), "device": device, **run_side(args, side)}
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        rows = {r["side"]: r for r in map(json.loads, log.read_text().splitlines()) if r["key"] == key}
+        rows = {s: rows[s] for s in ("plain", "fxq") if s in rows}
         write_section(args.out, key, title + "\n" + table(args, rows))
-        print(table(args, {side: rows[side]}).splitlines()[-1], flush=True)
-    print(title + "\n" + table(args, rows))
+        print(table(args, {side: row}).splitlines()[-1], flush=True)
+    print(args.out.read_text())
 
 
 if __name__ == "__main__":
