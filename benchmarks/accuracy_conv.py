@@ -28,7 +28,8 @@ from benchmarks.datasets import fashion_mnist
 from benchmarks.onnx_convnet import OnnxConvNet, nudenet_onnx
 from fxq.accuracy.groups import fp8_convs
 
-SIZES = {"full": dict(n_train=2000, n_test=2000, n_calib=128), "quick": dict(n_train=200, n_test=200, n_calib=32)}
+SIZES = {"full": dict(n_train=2000, n_test=2000, n_calib=128, n_eval=128),
+         "quick": dict(n_train=200, n_test=200, n_calib=32, n_eval=32)}
 CONV_OFF = fxq.QuantConfig(roles=fxq.RoleSpecs(conv_input=None, conv_weight=None))
 
 
@@ -39,18 +40,19 @@ def pixels(images: torch.Tensor, size: int) -> torch.Tensor:
     return x.expand(-1, 3, -1, -1).contiguous()
 
 
-def load_task(n_train: int, n_test: int, n_calib: int, size: int, batch: int) -> A.Task:
-    tr_img, tr_lbl = fashion_mnist("train", n_train + n_calib)
+def load_task(n_train: int, n_test: int, n_calib: int, n_eval: int, size: int, batch: int) -> A.Task:
+    tr_img, tr_lbl = fashion_mnist("train", n_train + n_calib + n_eval)
     te_img, te_lbl = fashion_mnist("test", n_test)
 
     def batches(images, n=batch):
         return [{"images": pixels(c, size)} for c in A._chunks(images, n)]
 
     return A.Task("conv", "YOLOv8n backbone (nudenet 3.4.2, 320n.onnx)", OnnxConvNet(nudenet_onnx()).eval(),
-                  train=batches(tr_img[:n_train]), test=batches(te_img), calib=batches(tr_img[n_train:], 32),
-                  evals=[], train_labels=tr_lbl[:n_train], test_labels=te_lbl, features=lambda h, _b: h.float(),
+                  train=batches(tr_img[:n_train]), test=batches(te_img),
+                  calib=batches(tr_img[n_train:n_train + n_calib], 32), evals=batches(tr_img[n_train + n_calib:]),
+                  train_labels=tr_lbl[:n_train], test_labels=te_lbl, features=lambda h, _b: h.float(),
                   info={"data": f"Fashion-MNIST: the first {n_test} test images; probe on the first {n_train} train "
-                                f"images, calibration on the next {n_calib}",
+                                f"images, calibration on the next {n_calib}, fallback budget on the {n_eval} after",
                         "input": f"{size} px, grey->RGB, [0, 1]", "feature": "global mean of P3, P4, P5 (64+128+256)"})
 
 
@@ -85,6 +87,10 @@ def run(args) -> dict:
                                             and "fxq" in w.filename + str(w.message)})}
         secs[label] = time.perf_counter() - t
         print(f"  {label}: {_fmt(rows[label])} ({secs[label]:.0f} s)", flush=True)
+    if args.fallback:
+        t = time.perf_counter()
+        fallback_row(task, base, qms[variants[0][0]], rows, args.fallback)
+        secs["conv fallback"] = time.perf_counter() - t
     if args.onnx:
         t = time.perf_counter()
         onnx_rows(task, base, qms[variants[0][0]], rows, args.out.parent)
@@ -92,6 +98,16 @@ def run(args) -> dict:
     for r in rows.values():
         r.pop("correct", None)
     return {"task": task.info, "model": task.model_name, "n_test": len(base.correct), "rows": rows, "seconds": secs}
+
+
+def fallback_row(task, base, qm_all, rows, fraction: float) -> None:
+    """fxq's budgeted fallback over conv groups: the most sensitive convs back to float until the eval split's
+    1 - cosine is at most `fraction` x the all-FP8 one (benchmarks/accuracy.py's sweep, one budget)."""
+    (info, qm), _ = A.choose_fallback(task, task.model, qm_all, "cpu", ("conv",), print, (fraction,))
+    label = f"fxq FP8 + conv fallback ({fraction:g}x the all-FP8 eval error)"
+    rows[label] = {**base.score(A.torch_features(task, qm, task.test, "cpu")), **conv_info(qm),
+                   "fallback": info["fallback"], "eval_error": [info["all_fp8"], info["final"]]}
+    print(f"  {label}: {_fmt(rows[label])}, float: {info['fallback']}", flush=True)
 
 
 def onnx_rows(task, base, qm, rows, tmp_dir: Path) -> None:
@@ -138,6 +154,10 @@ def markdown(doc: dict, command: str) -> str:
                    f"{vs} | {100 * r['agreement']:.2f}% | {r['cosine']:.5f} | {convs} | {share} | "
                    f"{', '.join(r.get('conv_skips', []))} |")
     warned = [f"{k}: {w}" for k, r in doc["rows"].items() for w in r.get("warnings", [])]
+    for label, r in doc["rows"].items():
+        if "fallback" in r:
+            out += ["", f"{label}: eval 1 - cosine {r['eval_error'][0]:.2e} (all FP8) -> {r['eval_error'][1]:.2e}; "
+                    f"convs kept float: {', '.join(r['fallback'])}."]
     out += ["", "Warnings fxq gave: " + ("; ".join(warned) if warned else "none") + ".", "",
             "Seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in doc["seconds"].items()) + "."]
     return "\n".join(out) + "\n"
@@ -150,6 +170,7 @@ def main(argv=None) -> None:
     ap.add_argument("--image-size", type=int, default=96)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--no-onnx", dest="onnx", action="store_false", help="torch rows only")
+    ap.add_argument("--fallback", type=float, default=0.5, help="conv fallback budget (x all-FP8 error); 0: none")
     args = ap.parse_args(argv)
     torch.manual_seed(A.SEED)
     doc = run(args)
