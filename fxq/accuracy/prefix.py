@@ -50,6 +50,7 @@ class PrefixRunner:
         self.saved: list[dict[int, dict[Node, object]]] = [{} for _ in self.batches]
         self.seconds_at: dict[int, float] = {}  # base pass: seconds (all batches) spent before each checkpoint
         self.full_seconds = 0.0
+        self.nodes_run = 0  # graph nodes executed by run(), all batches: what the checkpoints save shows here
         self._first_pass(budget_bytes)
 
     def live(self, p: int) -> list[Node]:
@@ -73,6 +74,7 @@ class PrefixRunner:
         start = self.start_for(position)
         env = {**self.attrs, **self.saved[index].get(start, {})}  # state is read where it is, never saved
         keep = [p for p in self.checkpoints if p > start] if rebase else []
+        self.nodes_run += len(self.nodes) - start
         return self._execute(index, start, env, keep)
 
     def _execute(self, index: int, start: int, env: dict, keep: list[int], clock: Callable | None = None):
