@@ -7,6 +7,11 @@ candidate is re-measured until the best score is a fresh one), so a step costs a
 evaluations rather than one per group. A final pass puts back into FP8 any earlier choice the
 budget no longer needs, largest first.
 
+Every measurement starts where the measured set first differs from the current choice, from
+activations cached for it (fxq/accuracy/measure.py), and the first pass ranks candidates on one
+eval batch before measuring the top ones exactly (fxq/accuracy/rank.py says when that can choose
+differently); Fallback(exhaustive=True) measures everything with full forwards, as before.
+
 The search runs on the fake-quant view of the calibrated float program (fxq/conversion/fake_quant_view.py);
 fxq.quantize then places again on that same program. The result is data: the chosen group ids go
 into QuantConfig.fallback, and the placement skips
