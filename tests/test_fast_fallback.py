@@ -7,7 +7,7 @@ import fxq
 from fxq.accuracy.fallback import search
 from fxq.accuracy.groups import Evaluator, group_edges
 from fxq.accuracy.measure import GroupMeasure
-from fxq.accuracy.rank import singletons
+from fxq.accuracy.rank import Singletons
 from fxq.conversion.fake_quant_view import fake_quant_view
 from fxq.pipeline import Request, StageClock, calibrated
 from hf_models import bert_inputs, small_bert
@@ -85,11 +85,11 @@ def test_fast_fallback_makes_the_exhaustive_choices(model, kinds, budget, expect
     assert [c.gain for c in fast.choices] == [c.gain for c in exhaustive.choices]
 
 
-def test_proxy_ranking_measures_exactly_all_that_could_win():
-    """The rule itself, on a metric given as a table: 12 groups of equal FLOPs; the proxy (batch 0) is the
-    exact gain plus a known error."""
-    exact = {f"g{i}": 0.5 + 0.05 * i for i in range(12)}  # metric with g_i in float: g0 gains most
-    error = {g: 0.0 for g in exact} | {"g1": 0.02, "g9": 0.6}  # g9's proxy says it gains the most
+def test_singletons_measure_the_top_estimates_exactly_and_bound_the_rest():
+    """The rule, on a metric given as a table: 12 groups of equal FLOPs; the estimate (batch 0) is the exact
+    metric less a known error."""
+    exact = {f"g{i}": 0.5 + 0.05 * i for i in range(12)}  # metric with g_i alone in float: g0 gains most
+    error = {g: 0.0 for g in exact} | {"g1": 0.02, "g9": 0.6}  # g9's estimate says it gains the most
     measured = []
 
     def measure(floated, batches=None):
@@ -101,17 +101,15 @@ def test_proxy_ranking_measures_exactly_all_that_could_win():
             return exact[g]
         return exact[g] - error[g]
 
-    after, fresh = singletons(measure, {g: 1 for g in exact}, current=2.0, n_batches=4, min_exact=3,
-                              exhaustive=False)
-    # proxy order g9, g0, g1, ...: g9 is exact-measured first, its error (0.6) then widens the margin so far
-    # that every candidate is measured; with g9's proxy honest only min_exact and those within 2x0.02 are
-    assert measured[0] == "g9" and fresh == set(exact) and after == exact
-    error["g9"], measured[:] = 0.0, []
-    after, fresh = singletons(measure, {g: 1 for g in exact}, current=2.0, n_batches=4, min_exact=3,
-                              exhaustive=False)
-    assert measured == ["g0", "g1", "g2"] and fresh == {"g0", "g1", "g2"}
-    assert after["g5"] == exact["g5"] and all(after[g] == exact[g] for g in fresh)
-    # proxy stand-ins are never chosen unmeasured: the greedy only picks from `fresh` (fallback.search)
+    flops = {g: 1 for g in exact}
+    s = Singletons(measure, flops, current=2.0, n_batches=4, min_exact=3, exhaustive=False)
+    assert measured == ["g9", "g0", "g1"] and s.exact == {g: exact[g] for g in measured}
+    assert s.error == pytest.approx(0.6)  # g9's: every unmeasured estimate now stands 1.2 lower
+    assert s.lowest_possible("g0") == exact["g0"] and s.lowest_possible("g2") == pytest.approx(exact["g2"] - 1.2)
+    assert s.measure_exact("g2") == exact["g2"] and s.lowest_possible("g2") == exact["g2"]
+    measured.clear()
+    s = Singletons(measure, flops, current=2.0, n_batches=4, min_exact=3, exhaustive=True)
+    assert measured == list(exact) and s.exact == exact and s.estimate == {}
 
 
 def test_time_estimate_is_printed_before_the_long_part(sensitive_a, capsys):

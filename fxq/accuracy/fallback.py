@@ -33,7 +33,7 @@ from fxq.errors import ConfigError
 from fxq.conversion.fake_quant_view import FakeQuantView
 from fxq.accuracy.groups import Evaluator, check_metric, group_edges
 from fxq.accuracy.measure import GroupMeasure, minutes
-from fxq.accuracy.rank import estimate_seconds, singletons
+from fxq.accuracy.rank import Singletons, estimate_seconds
 from fxq.placement.place import Placement
 
 KINDS = ("attention", "gemm", "conv")
@@ -125,9 +125,25 @@ def search(view: FakeQuantView, evaluator: Evaluator, placement: Placement, fall
         bar.set_postfix(metric=f"{current:.3g}", budget=f"{fallback.max_error:.3g}", fp16=len(chosen))
         return value
 
-    # each alone in float: the sensitivity pass (exhaustive, or proxy-ranked with the top measured exactly)
-    after, fresh = singletons(measure, flops, current, groups.n_batches, fallback.max_remeasure, fallback.exhaustive)
+    # each alone in float: exact everywhere (exhaustive), or estimated and made exact where it can matter
+    singles = Singletons(measure, flops, current, groups.n_batches, fallback.max_remeasure, fallback.exhaustive)
+    after = dict(singles.exact)  # exact values only: each alone, or re-measured on top of `chosen`
+    fresh = set(after)
     score = lambda g: (current - after[g]) / flops[g]  # noqa: E731
+    upper = lambda g: (current - singles.lowest_possible(g)) / flops[g]  # noqa: E731
+
+    def best_stale(remaining: list[str]) -> str:
+        """max(remaining, key=score) as if every singleton were exact: measure those that could win."""
+        while True:
+            best = max((g for g in remaining if g in after), key=score, default=None)
+            doubt = [g for g in remaining if g not in after and (best is None or upper(g) >= score(best))]
+            if not doubt:
+                return best
+            g = max(doubt, key=upper)
+            after[g] = singles.measure_exact(g)
+            if not chosen:
+                fresh.add(g)
+
     while current > fallback.max_error:
         remaining = [g for g in candidates if g not in chosen]
         if not remaining:
@@ -136,7 +152,7 @@ def search(view: FakeQuantView, evaluator: Evaluator, placement: Placement, fall
                               f"{'/'.join(fallback.kinds)} group in float the metric is still {current:.4g}; "
                               "fix: raise max_error, or allow more kinds")
         for _ in range(fallback.max_remeasure):
-            best = max(remaining, key=score)
+            best = best_stale(remaining)
             if best in fresh:
                 break
             after[best] = measure(chosen + [best])

@@ -1,14 +1,15 @@
-"""The fallback's first pass: what leaving each candidate alone in float gains, ranked cheaply first.
+"""The fallback's singletons: the metric with each candidate alone in float, measured exactly only where
+the greedy's choice could depend on it.
 
-The exhaustive path measures every candidate on every eval batch. The fast path measures every
-candidate on the first eval batch only (a proxy for its gain), then measures exactly, in proxy
-order, at least `min_exact` candidates and every further one whose proxy score is within twice
-the largest proxy error seen so far of the best exact score. A candidate is left unmeasured only
-when its proxy score is below the best exact score by more than that margin; its proxy value then
-stands in as a stale estimate, which the greedy re-measures before it could ever choose it. So the
-first choice is the exhaustive path's unless some unmeasured candidate's proxy error exceeds twice
-every error seen; later choices can differ only through such an error too (tested on models with
-known answers; benchmarks/fallback_speed.py compares both paths on DINOv2 and MiniLM).
+The exhaustive path measures every candidate alone on every eval batch before the greedy starts.
+The fast path estimates each on the first eval batch (a proxy: the batch's gain, shifted onto the
+full metric), measures exactly the `min_exact` best by estimate, and leaves the rest to the greedy:
+wherever the exhaustive greedy would compare stale singleton scores, fallback.search asks for the
+exact value of every candidate whose estimate, less twice the largest estimate error seen so far,
+could still beat the best exact score (`lowest_possible`). So the fast path makes the exhaustive
+path's choices, the same evaluations aside, as long as no unmeasured estimate is off by more than
+twice every error seen; tests/test_fast_fallback.py checks the choices on models with known answers
+and benchmarks/fallback_speed.py on DINOv2.
 """
 from __future__ import annotations
 
@@ -17,29 +18,36 @@ from typing import Callable, Mapping
 Measure = Callable[..., float]  # measure(floated groups, batches=None) -> metric
 
 
-def singletons(measure: Measure, flops: Mapping[str, int], current: float, n_batches: int, min_exact: int,
-               exhaustive: bool) -> tuple[dict[str, float], set[str]]:
-    """(metric with each group alone in float, the groups measured exactly on every batch)."""
-    if exhaustive or n_batches < 2:  # one batch: the proxy would be the exact measurement
-        return {g: measure([g]) for g in flops}, set(flops)
-    proxy_base = measure([], batches=[0])
-    after = {g: current - (proxy_base - measure([g], batches=[0])) for g in flops}  # the proxy's gain, shifted
-    score = lambda g: (current - after[g]) / flops[g]  # noqa: E731
-    exact: set[str] = set()
-    best, margin = -float("inf"), 0.0
-    for g in sorted(flops, key=score, reverse=True):
-        if len(exact) >= min_exact and score(g) < best - 2 * margin:
-            break  # sorted by proxy score: every later candidate is further below
-        proxy = score(g)
-        after[g] = measure([g])
-        exact.add(g)
-        best, margin = max(best, score(g)), max(margin, abs(proxy - score(g)))
-    return after, exact
+class Singletons:
+    def __init__(self, measure: Measure, flops: Mapping[str, int], current: float, n_batches: int,
+                 min_exact: int, exhaustive: bool):
+        self.measure, self.flops = measure, flops
+        self.exact: dict[str, float] = {}
+        self.estimate: dict[str, float] = {}
+        self.error = 0.0  # the largest |estimate - exact| seen
+        if exhaustive or n_batches < 2:  # one batch: the proxy would be the exact measurement
+            for g in flops:
+                self.exact[g] = measure([g])
+            return
+        proxy_base = measure([], batches=[0])
+        self.estimate = {g: current - (proxy_base - measure([g], batches=[0])) for g in flops}
+        for g in sorted(flops, key=lambda g: (current - self.estimate[g]) / flops[g], reverse=True)[:min_exact]:
+            self.measure_exact(g)
+
+    def measure_exact(self, group: str) -> float:
+        value = self.exact[group] = self.measure([group])
+        if group in self.estimate:
+            self.error = max(self.error, abs(self.estimate[group] - value))
+        return value
+
+    def lowest_possible(self, group: str) -> float:
+        """The metric with `group` alone in float: exact, or at least the estimate less twice the largest error."""
+        return self.exact[group] if group in self.exact else self.estimate[group] - 2 * self.error
 
 
 def estimate_seconds(seconds: Callable[..., float], groups: list[str], n_batches: int, min_exact: int,
                      exhaustive: bool) -> tuple[float, float]:
-    """(seconds of `singletons`, seconds of one later measurement), from the measure's timings."""
+    """(seconds of the singletons' first pass, seconds of one later measurement), from the measure's timings."""
     alone = [seconds([g]) for g in groups]
     mean = sum(alone) / max(len(alone), 1)
     if exhaustive or n_batches < 2:
