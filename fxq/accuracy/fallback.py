@@ -119,14 +119,15 @@ def search(view: FakeQuantView, evaluator: Evaluator, placement: Placement, fall
     bar = tqdm(desc="fxq fallback", unit="eval", disable=not progress)
     chosen: list[str] = []
 
-    def measure(floated: list[str], batches=None) -> float:
-        value = groups.measure(floated, batches)
+    def measure(floated: list[str], batches=None, alone: bool = False) -> float:
+        value = groups.measure_alone(floated, batches) if alone else groups.measure(floated, batches)
         bar.update(1)
         bar.set_postfix(metric=f"{current:.3g}", budget=f"{fallback.max_error:.3g}", fp16=len(chosen))
         return value
 
     # each alone in float: exact everywhere (exhaustive), or estimated and made exact where it can matter
-    singles = Singletons(measure, flops, current, groups.n_batches, fallback.max_remeasure, fallback.exhaustive)
+    alone = lambda floated, batches=None: measure(floated, batches, alone=True)  # noqa: E731  (nothing chosen)
+    singles = Singletons(alone, flops, current, groups.n_batches, fallback.max_remeasure, fallback.exhaustive)
     after = dict(singles.exact)  # exact values only: each alone, or re-measured on top of `chosen`
     fresh = set(after)
     score = lambda g: (current - after[g]) / flops[g]  # noqa: E731

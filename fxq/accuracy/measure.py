@@ -38,14 +38,27 @@ class GroupMeasure:
         t = time.perf_counter()
         if not exhaustive:
             budget = memory_budget if memory_budget is not None else free_memory_budget(evaluator.batches)
+            # half the budget: the all-FP8 activations stay cached next to the current base's (measure_alone)
             self.runner = PrefixRunner(view.module, view.float_of, evaluator.batches, list(self.first.values()),
-                                       budget)
+                                       budget // 2)
+            self.all_fp8 = [dict(saved) for saved in self.runner.saved]
         self.baseline = self.measure(())  # prefix path: from the last checkpoint, the base pass just ran
         self.full_seconds = self.runner.full_seconds if self.runner else time.perf_counter() - t
 
     def measure(self, floated: Iterable[str], batches: Sequence[int] | None = None) -> float:
         """The metric over eval batches `batches` (default: all) with `floated` in float."""
         return self._measure(frozenset(floated), batches)
+
+    def measure_alone(self, floated: Iterable[str], batches: Sequence[int] | None = None) -> float:
+        """measure(floated, batches), from the all-FP8 activations whatever the base is now."""
+        if self.runner is None:
+            return self.measure(floated, batches)
+        base, saved = self.base, self.runner.saved
+        self.base, self.runner.saved = frozenset(), self.all_fp8
+        try:
+            return self.measure(floated, batches)
+        finally:
+            self.base, self.runner.saved = base, saved
 
     def rebase(self, floated: Iterable[str]) -> None:
         """Make `floated` the base: later sets are measured from its activations (one pass from where it

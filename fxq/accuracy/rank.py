@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Callable, Mapping
 
-Measure = Callable[..., float]  # measure(floated groups, batches=None) -> metric
+Measure = Callable[..., float]  # measure(floated groups, batches=None) -> metric, with no other group in float
 
 
 class Singletons:
