@@ -24,6 +24,26 @@ def pixels(cfg, batch: int, g: torch.Generator, seq: int) -> dict:
     return {"pixel_values": torch.randn(batch, vision.num_channels, vision.image_size, vision.image_size, generator=g)}
 
 
+def latents(cfg, batch: int, g: torch.Generator, seq: int) -> dict:
+    """A diffusion UNet's inputs: noisy latents, one timestep per example, `seq` text-encoder tokens."""
+    return {"sample": torch.randn(batch, cfg.in_channels, cfg.sample_size, cfg.sample_size, generator=g),
+            "timestep": torch.randint(0, 1000, (batch,), generator=g),
+            "encoder_hidden_states": torch.randn(batch, seq, cfg.cross_attention_dim, generator=g)}
+
+
+class UNetSample(torch.nn.Module):
+    """diffusers.UNet2DConditionModel from a namespace of its keyword arguments, returning the sample tensor."""
+
+    def __init__(self, cfg):
+        import diffusers
+
+        super().__init__()
+        self.unet = diffusers.UNet2DConditionModel(**{k: v for k, v in vars(cfg).items() if not k.startswith("_")})
+
+    def forward(self, sample, timestep, encoder_hidden_states):
+        return self.unet(sample, timestep, encoder_hidden_states).sample
+
+
 def _tokens(cfg, batch: int, seq: int, g: torch.Generator) -> torch.Tensor:
     return torch.randint(0, cfg.vocab_size, (batch, seq), generator=g)
 
@@ -49,20 +69,23 @@ def mel(cfg, batch: int, g: torch.Generator, seq: int) -> dict:
 @dataclass(frozen=True)
 class Family:
     name: str
-    model: str  # transformers class, "module:Class" for classes not exported at the top level
-    config: str  # transformers config class
+    model: str | type  # transformers class, "module:Class" for classes not exported at the top level, or a class
+    config: str  # transformers config class (or "module:Class")
     inputs: Callable
     small: dict
     default: dict = field(default_factory=dict)
     attn: tuple[str, ...] = ("eager", "sdpa")
     seq: tuple[int, int] = (16, 128)  # text length at (small, default) size
     note: str = ""
+    onnx_dtype: str = "float16"  # the dtype the matrix exports in
 
     def _cls(self, spec: str):
         import importlib
 
         import transformers
 
+        if not isinstance(spec, str):
+            return spec
         if ":" in spec:
             mod, name = spec.split(":")
             return getattr(importlib.import_module(mod), name)
@@ -129,4 +152,35 @@ UNLISTED: dict[str, Family] = {f.name: f for f in [
            note="cosine attention: per-head learned scale [heads, 1, 1] after BMM1"),
     Family("siglip_vision", "SiglipVisionModel", "SiglipVisionConfig", pixels, _TINY_VISION, attn=("eager",),
            note="nn.MultiheadAttention pooling head: Q/K/V weights split from one in_proj_weight"),
+]}
+
+# Convolutional and hybrid families (FP8 convs, tests/test_conv.py). Each small config holds every conv rule:
+# an RGB stem or 4-channel latent (conv_channels_not_16), depthwise convs (conv_grouped), 7x7 kernels.
+_MOBILEVIT_SMALL = dict(image_size=32, patch_size=2, hidden_sizes=[32, 32, 32], num_attention_heads=2,
+                        neck_hidden_sizes=[16, 16, 32, 32, 32, 32, 64], expand_ratio=2.0)
+CONV_FAMILIES: dict[str, Family] = {f.name: f for f in [
+    Family("convnext", "ConvNextModel", "ConvNextConfig", pixels,
+           dict(hidden_sizes=[16, 32], depths=[1, 1], patch_size=4, num_stages=2, image_size=32),
+           attn=("eager",), note="ConvNeXt-T: 3-channel patchify stem, depthwise 7x7 convs"),
+    Family("resnet", "ResNetModel", "ResNetConfig", pixels,
+           dict(embedding_size=16, hidden_sizes=[32, 64], depths=[1, 1], layer_type="bottleneck", image_size=32),
+           dict(image_size=224), attn=("eager",), note="ResNet-50 at 224 px: 7x7 RGB stem"),
+    Family("mobilevit", "MobileViTModel", "MobileViTConfig", pixels, _MOBILEVIT_SMALL, attn=("eager",),
+           note="MobileViT-S: inverted residuals (depthwise) around transformer blocks"),
+    Family("sam_vision", "SamVisionModel", "SamVisionConfig", pixels,
+           dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, mlp_dim=128, image_size=64, patch_size=8,
+                output_channels=32, window_size=4, global_attn_indexes=[1]),
+           dict(image_size=256), attn=("eager",),
+           note="SAM ViT-B image encoder and its conv neck at 256 px (1024 in SAM): windowed and global attention "
+                "with decomposed relative positions"),
+    Family("sd_unet", UNetSample, "types:SimpleNamespace", latents,
+           dict(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(32, 64), layers_per_block=1,
+                norm_num_groups=8, cross_attention_dim=32, attention_head_dim=2,
+                down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D")),
+           dict(sample_size=32, in_channels=4, out_channels=4, block_out_channels=(128, 256, 512, 512),
+                cross_attention_dim=768),
+           attn=("eager",), seq=(6, 77), onnx_dtype="float32",
+           note="diffusers UNet2DConditionModel, Stable Diffusion 1.x blocks at 0.4x width (head sizes 16-64), "
+                "32x32 latents, 77 text tokens, diffusers' own attention (SDPA); FP32 ONNX: its FP16 export stops at "
+                "the float32 timestep embedding"),
 ]}

@@ -121,11 +121,14 @@ class Evaluator:
             self.refs = [b.call(reference) for b in self.batches]
         self.calls = 0
 
-    def measure(self) -> float:
+    def measure(self, run: Callable[[int], object] | None = None, indices: Iterable[int] | None = None) -> float:
+        """The metric averaged over eval batches `indices` (default: all); run(i) gives batch i's output
+        (default: a full forward of gm; fxq.accuracy.prefix computes the same from cached activations)."""
+        indices = list(range(len(self.batches)) if indices is None else indices)
         total = 0.0
         with torch.no_grad():
-            for i, (b, ref) in enumerate(zip(self.batches, self.refs)):
-                value = self.metric(ref, b.call(self.gm))
+            for i in indices:
+                value = self.metric(self.refs[i], run(i) if run else self.batches[i].call(self.gm))
                 if isinstance(value, torch.Tensor) and value.numel() == 1:
                     value = value.item()
                 if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
@@ -133,7 +136,7 @@ class Evaluator:
                                      "float (lower is better), e.g. 1 - cosine of the outputs")
                 total += float(value)
         self.calls += 1
-        return total / len(self.batches)
+        return total / len(indices)
 
 
 def _batches(data, device) -> list[Inputs]:

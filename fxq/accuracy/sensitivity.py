@@ -4,18 +4,21 @@ Groups are each attention block (its q, k, v and probs quantizers together), eac
 input and weight quantizers) and each LayerNorm output (the one shared quantizer of its Q/K/V or
 FC1 readers). Capture and calibration run once; every group is then measured on one fake-quant
 view of the calibrated program (fxq/accuracy/groups.py switches it), against that program's float outputs,
-computed once.
+computed once. Each group's forward starts at its first consumer, from activations cached once
+(fxq/accuracy/measure.py): the same numbers as full forwards.
 """
 from __future__ import annotations
 
 import json
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 
 from tqdm.auto import tqdm
 
 from fxq.conversion.fake_quant_view import fake_quant_view
-from fxq.accuracy.groups import Evaluator, GroupEdges, Switch, group_edges
+from fxq.accuracy.groups import Evaluator, GroupEdges, group_edges
+from fxq.accuracy.measure import GroupMeasure, minutes
 from fxq.pipeline import Request, StageClock, calibrated
 
 
@@ -106,24 +109,26 @@ def flop_shares(groups: list[GroupEdges], placement) -> dict[str, tuple[float, f
     return out
 
 
-def measure_groups(switch: Switch, evaluator: Evaluator, groups: list[GroupEdges], progress: bool = True,
+def measure_groups(groups: GroupMeasure, ids: list[str], progress: bool = True,
                    desc: str = "fxq sensitivity") -> dict[str, float]:
-    out = {}
-    for ge in tqdm(groups, desc=desc, unit="group", disable=not progress):
-        with switch.floated(ge.edges):
-            out[ge.group.id] = evaluator.measure()
-    return out
+    """Each group alone in float, the rest FP8; an estimate of the time it takes first (stderr)."""
+    if progress:
+        eta = sum(groups.seconds([g]) for g in ids)
+        tqdm.write(f"{desc}: {len(ids)} groups, about {minutes(eta)} (one full pass over {groups.n_batches} eval "
+                   f"batches: {groups.full_seconds:.1f} s)", file=sys.stderr)
+    return {g: groups.measure([g]) for g in tqdm(ids, desc=desc, unit="group", disable=not progress)}
 
 
 def sensitivity(model, example_inputs, calib_data, eval_data, *, config=None, metric=None, progress: bool = True,
-                calibration=None):
+                calibration=None, exhaustive: bool = False):
     """Rank attention blocks, GEMMs and LayerNorm outputs by what leaving each alone in float gains.
 
     Captures and calibrates once (calib_data, or a saved calibration=), then measures each group on
-    the fake-quant view of the calibrated program against that program's float outputs.
-    metric(reference_output, quantized_output) -> float, lower is better, averaged over the
-    batches of eval_data; the default is 1 - cosine of the first output. Returns a
-    SensitivityResult with .table(), .to_json() and .plot(path).
+    the fake-quant view of the calibrated program against that program's float outputs, each
+    forward starting at the group's first consumer from cached activations (exhaustive=True: full
+    forwards, the same numbers slower). metric(reference_output, quantized_output) -> float, lower
+    is better, averaged over the batches of eval_data; the default is 1 - cosine of the first
+    output. Returns a SensitivityResult with .table(), .to_json() and .plot(path).
     """
     t0 = time.perf_counter()
     cal = calibrated(Request.check(model, example_inputs, calib_data, config, calibration, progress=progress),
@@ -131,8 +136,9 @@ def sensitivity(model, example_inputs, calib_data, eval_data, *, config=None, me
     view = fake_quant_view(cal.program, cal.placement, cal.calibration.amax, cal.codes)
     evaluator = Evaluator(cal.program.module(), view.module, eval_data, metric)
     groups = group_edges(view.module, cal.placement)
-    baseline = evaluator.measure()
-    values = measure_groups(Switch(view), evaluator, groups, progress)
+    measure = GroupMeasure(view, evaluator, groups, exhaustive=exhaustive)
+    baseline = measure.baseline
+    values = measure_groups(measure, [ge.group.id for ge in groups], progress)
     shares = flop_shares(groups, cal.placement)
     name = "1 - cosine" if metric is None else getattr(metric, "__name__", "metric")
     rows = [Row(ge.group.id, ge.group.kind, ge.group.module, values[ge.group.id], baseline - values[ge.group.id],

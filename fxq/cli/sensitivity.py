@@ -13,6 +13,8 @@ def add_parser(sub) -> None:
     s.add_argument("--plot", type=Path, metavar="PNG", help="write a sorted bar chart of the gains")
     s.add_argument("--json", type=Path, metavar="FILE", help="write the full result as JSON")
     s.add_argument("--top", type=int, default=20, help="rows to print (default 20)")
+    s.add_argument("--exhaustive", action="store_true",
+                   help="a full forward per group instead of starting at its first consumer (same numbers, slower)")
     s.set_defaults(load_calib=None)
 
 
@@ -32,7 +34,8 @@ def run(args) -> int:
     cfg, items = config(args), calibration_items(args)
     source = load(args)
     batches, eval_batch = calibration(args, source, items)
-    result = fxq.sensitivity(source.model, batches[0], batches, [eval_batch], config=cfg, progress=not args.quiet)
+    result = fxq.sensitivity(source.model, batches[0], batches, [eval_batch], config=cfg, progress=not args.quiet,
+                               exhaustive=args.exhaustive)
     print(result.table(top=args.top))
     if args.plot:
         result.plot(args.plot)

@@ -13,7 +13,7 @@ import math
 import torch
 from torch.fx import GraphModule
 
-from fxq.lower.gemms import GEMM_MULTIPLE, Buffers, weight_fp8
+from fxq.lower.gemms import GEMM_MULTIPLE, Buffers, replace_with_call, weight_fp8
 from fxq.lower.ops import fp8_linear, is_qdq, quantize_fp8
 from fxq.placement import records
 
@@ -38,7 +38,6 @@ def fp8_patch_conv(x: torch.Tensor, w: torch.Tensor, scale_x: torch.Tensor, scal
 
 def lower_convs(gm: GraphModule, dtype: torch.dtype, buffers: Buffers) -> tuple[int, int]:
     """Returns (convs on _scaled_mm, recorded convs left as convs)."""
-    g = gm.graph
     fp8 = kept = 0
     for node, rec in records.convs(gm):
         x = rec.input(node)
@@ -52,12 +51,8 @@ def lower_convs(gm: GraphModule, dtype: torch.dtype, buffers: Buffers) -> tuple[
         sx = buffers.scale(float(x.args[1]), dtype, node)
         sw = buffers.scale(w_scale, dtype, node)
         bias = node.args[rec.bias_arg] if rec.bias_arg is not None else None
-        with g.inserting_before(node):
-            new = g.call_function(fp8_patch_conv, (x.args[0], w_node, sx, sw, bias, rec.kernel, dtype))
-        new.meta.update({key: node.meta[key] for key in ("nn_module_stack", "val") if key in node.meta})
-        node.replace_all_uses_with(new)
-        g.erase_node(node)
+        replace_with_call(node, fp8_patch_conv, (x.args[0], w_node, sx, sw, bias, rec.kernel, dtype))
         fp8 += 1
-    g.eliminate_dead_code()
+    gm.graph.eliminate_dead_code()
     gm.recompile()
     return fp8, kept

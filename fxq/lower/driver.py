@@ -36,6 +36,7 @@ from fxq.errors import FxqError
 from fxq.lower.attention import fuse_attention
 from fxq.lower.attention_choice import KERNEL, MODES, AttentionResult
 from fxq.lower.convs import lower_convs
+from fxq.placement import records
 from fxq.lower.dtype import DTYPES, cast_graph, cast_literals, decompose_qdq  # noqa: F401  (importable from here)
 from fxq.lower.gemms import GEMM_MULTIPLE, Buffers, lower_gemms, weight_fp8  # noqa: F401
 from fxq.lower.ops import (DEQUANT, FP8_ATTENTION, QDQ, fake_quant, fp8_linear, quantize_fp8,  # noqa: F401
@@ -127,7 +128,7 @@ def _graph_device(gm: GraphModule) -> torch.device:
 
 
 def lower(qm, dtype: torch.dtype = torch.float16, *, attention: str | bool = "fp16",
-          keep_qkv_qdq: bool = False) -> LoweredModel:
+          keep_qkv_qdq: bool = False, convs: bool = True) -> LoweredModel:
     """A module that runs like `qm` on real FP8 kernels: torch._scaled_mm GEMMs, SDPA attention.
 
     Built on the device qm's parameters are on (inputs must live there too; float inputs are cast
@@ -142,6 +143,8 @@ def lower(qm, dtype: torch.dtype = torch.float16, *, attention: str | bool = "fp
     keep_qkv_qdq (attention="fp16" only): False (default) runs attention fully in FP16 inside SDPA; True keeps q/k/v
     fake-quantized (closer to qm and TensorRT, but three extra memory-bound kernels per block:
     ViT-base batch 256 1.18x instead of 1.30x of FP16 on an H200, same probe accuracy).
+    convs: True (default) runs patch-embedding and 1x1 convs with FP8 operands as torch._scaled_mm GEMMs;
+    False keeps every conv a conv with fake-quantized operands (to measure what the GEMM form buys).
     """
     _check(qm, dtype)
     mode = _attention_mode(attention, keep_qkv_qdq)
@@ -155,7 +158,7 @@ def lower(qm, dtype: torch.dtype = torch.float16, *, attention: str | bool = "fp
     att = fuse_attention(gm, mode, dtype, buffers, keep_qkv_qdq) if mode else AttentionResult(reasons=["attention=False"])
     kept = qm.placement.attention_blocks - att.fused
     fp8, flt, quantizers = lower_gemms(gm, dtype, buffers)
-    convs_fp8, convs_float = lower_convs(gm, dtype, buffers)
+    convs_fp8, convs_float = lower_convs(gm, dtype, buffers) if convs else (0, sum(1 for _ in records.convs(gm)))
     decomposed = decompose_qdq(gm, dtype, buffers)
     literals = cast_graph(gm, dtype, captured, device)
     gm.graph.eliminate_dead_code()

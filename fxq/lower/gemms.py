@@ -64,6 +64,17 @@ def weight_fp8(gm: GraphModule, node, dtype: torch.dtype) -> tuple[torch.Tensor,
     return fp8.quantize(w, fp8.stored_scale(scale, dtype)), scale
 
 
+def replace_with_call(node: Node, fn, args: tuple) -> Node:
+    """Put fn(*args) in `node`'s place; it keeps the module stack (reports) and the value (later passes)."""
+    g = node.graph
+    with g.inserting_before(node):
+        new = g.call_function(fn, args)
+    new.meta.update({key: node.meta[key] for key in ("nn_module_stack", "val") if key in node.meta})
+    node.replace_all_uses_with(new)
+    g.erase_node(node)
+    return new
+
+
 def _extra_kwargs(node: Node, rec: records.GemmRecord) -> bool:
     """addmm's beta/alpha (or anything but the bias) would be lost on _scaled_mm."""
     return any(k != rec.bias_arg for k in node.kwargs)
@@ -93,11 +104,7 @@ def lower_gemms(gm: GraphModule, dtype: torch.dtype, buffers: Buffers) -> tuple[
                 quantized[x] = g.call_function(quantize_fp8, (x.args[0], scale_of[x]))
         w_node = buffers.add(codes, node, "fp8_weight")
         sw = buffers.scale(w_scale, dtype, node)
-        with g.inserting_before(node):
-            new = g.call_function(fp8_linear, (quantized[x], w_node, scale_of[x], sw, bias, dtype))
-        new.meta.update({key: node.meta[key] for key in ("nn_module_stack", "val") if key in node.meta})
-        node.replace_all_uses_with(new)
-        g.erase_node(node)
+        replace_with_call(node, fp8_linear, (quantized[x], w_node, scale_of[x], sw, bias, dtype))
         fp8 += 1
     g.eliminate_dead_code()
     gm.recompile()

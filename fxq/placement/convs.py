@@ -19,8 +19,8 @@ import math
 
 from torch.fx import GraphModule, Node
 
-from fxq.graph_utils import _hint, aten, module_path, shape_of, state_name
-from fxq.placement.records import CONV, ConvRecord, GroupIds
+from fxq.graph_utils import _hint, aten, shape_of, state_name
+from fxq.placement.records import CONV, ConvRecord, write_records
 
 MAX_FP8_CONV_FILTER = 32  # taps (kernel volume), ModelOpt's FP8 limit
 
@@ -78,18 +78,14 @@ def conv_flops(node: Node, in_per_group: int, kernel: tuple[int, ...]) -> int:
     return 2 * math.prod(_hint(d) for d in out) * in_per_group * math.prod(kernel)
 
 
+def _conv_fields(node: Node) -> dict | None:
+    form = conv_form(node)
+    if form is None:
+        return None
+    flops = conv_flops(node, form["in_channels"] // form["groups"], form["kernel"])
+    return dict(node=node.name, weight=state_name(node.args[1]), flops=flops, **form)
+
+
 def record_convs(gm: GraphModule) -> int:
     """Write a ConvRecord on every forward conv with a parameter weight (and clear stale ones)."""
-    ids = GroupIds()
-    recorded = 0
-    for node in gm.graph.nodes:
-        node.meta.pop(CONV, None)
-        form = conv_form(node)
-        if form is None:
-            continue
-        mod = module_path(node)
-        flops = conv_flops(node, form["in_channels"] // form["groups"], form["kernel"])
-        node.meta[CONV] = ConvRecord(ids.next(mod, "conv"), mod, node.name, weight=state_name(node.args[1]),
-                                     flops=flops, **form)
-        recorded += 1
-    return recorded
+    return write_records(gm, CONV, "conv", ConvRecord, _conv_fields)

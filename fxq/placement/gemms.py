@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from torch.fx import GraphModule, Node
 
-from fxq.graph_utils import aten, matmul_flops, module_path, state_name, static_dim
-from fxq.placement.records import GEMM, GemmRecord, GroupIds
+from fxq.graph_utils import aten, matmul_flops, state_name, static_dim
+from fxq.placement.records import GEMM, GemmRecord, write_records
 
 
 def gemm_form(node: Node) -> dict | None:
@@ -29,18 +29,14 @@ def gemm_form(node: Node) -> dict | None:
     return None
 
 
+def _gemm_fields(node: Node) -> dict | None:
+    form = gemm_form(node)
+    if form is None:
+        return None
+    weight = state_name(node.args[form["weight_arg"]]) or ""
+    return dict(node=node.name, weight=weight, flops=matmul_flops(node), **form)
+
+
 def record_gemms(gm: GraphModule) -> int:
     """Write a GemmRecord on every GEMM node (and clear stale ones). Returns how many were recorded."""
-    ids = GroupIds()
-    recorded = 0
-    for node in gm.graph.nodes:
-        node.meta.pop(GEMM, None)
-        form = gemm_form(node)
-        if form is None:
-            continue
-        mod = module_path(node)
-        weight = state_name(node.args[form["weight_arg"]]) or ""
-        node.meta[GEMM] = GemmRecord(ids.next(mod, "gemm"), mod, node.name, weight=weight,
-                                     flops=matmul_flops(node), **form)
-        recorded += 1
-    return recorded
+    return write_records(gm, GEMM, "gemm", GemmRecord, _gemm_fields)

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
+from typing import Callable
 
 from torch.fx import GraphModule, Node
+
+from fxq.graph_utils import module_path
 
 GEMM = "fxq_gemm"  # node.meta key on a GEMM node
 ATTENTION = "fxq_attention"  # on an attention block's BMM1, softmax and BMM2 (one record each, `part` differs)
@@ -121,6 +124,23 @@ class GroupIds:
         base = f"{module}:{kind}"
         self.seen[base] += 1
         return base if self.seen[base] == 1 else f"{base}#{self.seen[base] - 1}"
+
+
+def write_records(gm: GraphModule, key: str, kind: str, record: type,
+                  fields_of: Callable[[Node], dict | None]) -> int:
+    """The loop every single-node matcher shares: clear stale `key` records, then put
+    record(group, module, **fields_of(node)) on each node it matches (None: no match). Returns how many."""
+    ids = GroupIds()
+    written = 0
+    for node in gm.graph.nodes:
+        node.meta.pop(key, None)
+        fields = fields_of(node)
+        if fields is None:
+            continue
+        mod = module_path(node)
+        node.meta[key] = record(ids.next(mod, kind), mod, **fields)
+        written += 1
+    return written
 
 
 def require(gm: GraphModule) -> None:
