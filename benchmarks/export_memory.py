@@ -80,9 +80,9 @@ def build(args):
             if args.model == "flux":
                 from diffusers import FluxTransformer2DModel
 
-                from benchmarks.lower_flux import FULL, SMOKE, inputs
+                from benchmarks.lower_diffusion import FLUX, FLUX_SMOKE, flux_inputs
 
-                cfg = SMOKE if args.tiny else dict(FULL, **_blocks(args))
+                cfg = FLUX_SMOKE if args.tiny else dict(FLUX, **_blocks(args))
                 model = FluxTransformer2DModel(**cfg).eval()
             else:
                 import transformers
@@ -97,9 +97,8 @@ def build(args):
     finally:
         torch.set_default_dtype(torch.float32)
     # Inputs outside the device and dtype defaults: their generators are on the CPU, Flux's position ids fp32.
-    if args.model == "flux":
-        img, txt = (4096, 512) if args.full else (64, 16)  # 1024x1024 at full size
-        return model, [inputs(cfg, img, txt, seed, args.device) for seed in range(3)]
+    if args.model == "flux":  # 4096 image + 512 text tokens (1024x1024) at full size, else 64 + 16
+        return model, [flux_inputs(cfg, seed, args.device, smoke=not args.full) for seed in range(3)]
     side = cfg.image_size
     return model, [{"pixel_values": torch.randn(2, 3, side, side).to(args.device, torch.bfloat16)} for _ in range(3)]
 
