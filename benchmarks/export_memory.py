@@ -140,6 +140,8 @@ def worker(args, side: str, out: Path) -> dict:
             r = qm.export_onnx(out, dtype=torch.bfloat16, external_data_bytes=0)
         row.update(w.row("export"))
         row["export_stages"] = r.seconds
+        from onnx_post.checker import check_model
+        row["check"] = check_model(out).summary()  # the graph only: the checker never loads external weights
     row["file_bytes"] = sum(p.stat().st_size for p in out.parent.iterdir())
     if cuda:
         row["gpu_peak"] = torch.cuda.max_memory_allocated()
@@ -167,6 +169,7 @@ def table(args, rows: dict) -> str:
             notes.append(f"quantize {r['quantize_s']:.0f} s, peak {r['quantize_peak'] / GIB:.2f} GB = "
                          f"{q / r['params']:.2f} B/param above the RSS with the model loaded")
             notes.append("export " + ", ".join(f"{k} {v:.1f}" for k, v in r["export_stages"].items()))
+            notes.append(f"fxq check: {r['check']}")
         if "gpu_peak" in r:
             notes.append(f"GPU peak {r['gpu_peak'] / GIB:.1f} GB")
         if r["peak_is_process_wide"]:
