@@ -65,7 +65,8 @@ RECIPES = (
     Recipe("fxq default + fallback (0.5% flip budget)", fallback="flip"),
     Recipe("fxq K centered + per-channel W + fallback (0.5% flip budget)", True, 0, fallback="flip"),
 )
-ONNX_ROWS = ("FP16 ONNX, no FP8", "fxq default", "fxq K centered + per-channel W")
+ONNX_ROWS = ("fxq K centered + per-channel W", "FP16 ONNX, no FP8", "fxq default")  # most important first
+FP16_ORT = "FP16 ONNX, no FP8 (ORT)"
 
 
 def flip_metric(probe, features):
@@ -137,15 +138,34 @@ def onnx_row(task, base, qm_or_path, out_dir: Path, n: int) -> dict:
         qm_or_path.export_onnx(path, dtype=torch.float16)
     row = sub_base.score(A.onnx_features(sub, path, sub.test))
     row["n"] = len(sub.test_labels)
+    from onnx_post.checker import check_model
+
+    r = check_model(path)  # what TensorRT would fuse, by fxq's checker
+    row["trt_ready"] = (f"GEMMs {sum(g.ready for g in r.gemms)}/{len(r.gemms)}, attention "
+                        f"{sum(a.ready for a in r.attention)}/{len(r.attention)}"
+                        + (f" ({', '.join(sorted({x for a in r.attention for x in a.reasons}))})"
+                           if not all(a.ready for a in r.attention) else ""))
     return row
+
+
+def sizes_of(args) -> dict:
+    """SIZES for --quick or the full run, with --n-train / --n-test / --n-eval applied to every task."""
+    over = (args.n_train, args.n_test, None, args.n_eval)
+    return {k: tuple(o if o is not None else d for o, d in zip(over, v))
+            for k, v in SIZES["quick" if args.quick else "full"].items()}
+
+
+def size_args(args) -> list[str]:
+    return ["--quick"] * args.quick + [a for k in ("n_train", "n_test", "n_eval") if getattr(args, k) is not None
+                                       for a in (f"--{k.replace('_', '-')}", str(getattr(args, k)))]
 
 
 def modelopt_rows(task_name, args, out_dir: Path, log) -> dict | None:
     """ModelOpt's FP8 recipe in its own process (its venv here, the same python where it is installed)."""
     py = MODELOPT_PY if MODELOPT_PY.exists() else Path(sys.executable)
     cmd = [str(py), "-m", "benchmarks.recipe_modelopt", "--task", task_name, "--device", args.device,
-           "--out", str(out_dir), "--batch", str(args.batch)] + (["--quick"] if args.quick else []) + \
-        (["--bundle", str(args.bundle)] if args.bundle else [])
+           "--out", str(out_dir), "--batch", str(args.batch)] + size_args(args) + \
+        (["--bundle", str(args.bundle)] if args.bundle else []) + (["--no-onnx"] if args.onnx_n <= 0 else [])
     p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     if p.returncode:
         log(f"  ModelOpt failed (rc {p.returncode}): {p.stderr.strip().splitlines()[-1:] or p.stdout[-300:]}")
@@ -165,11 +185,13 @@ def run_task(task, args, out_dir: Path, log) -> None:
 
     def add(label, row, info=None):
         correct[label] = row.pop("correct")
+        row.pop("vs_delta_pp", None)
         doc["rows"][label] = {**row, **(info or {})}
-        fp16 = correct.get("FP16 ONNX, no FP8 ONNX fp16 (ORT)")
-        if "n" in row and fp16 is not None and label != "FP16 ONNX, no FP8 ONNX fp16 (ORT)":  # same subset
-            d = A.paired_delta(correct[label], fp16, subset(task, base, row["n"])[1].boot)
-            row.update({f"vs_{k}": v for k, v in d.items()})
+        fp16 = correct.get(FP16_ORT)
+        for lab, r in doc["rows"].items():  # ONNX rows against plain FP16 ONNX, paired on the same subset
+            if "n" in r and fp16 is not None and lab != FP16_ORT and len(correct[lab]) == len(fp16):
+                d = A.paired_delta(correct[lab], fp16, subset(task, base, r["n"])[1].boot)
+                r.update({f"vs_{k}": v for k, v in d.items()})
         json_out = json.dumps(doc, indent=1, default=lambda o: o.item() if hasattr(o, "item") else str(o))
         (out_dir / f"recipe_{task.name}.json").write_text(json_out)
         np.savez_compressed(out_dir / f"recipe_correct_{task.name}.npz", **correct)
@@ -207,7 +229,7 @@ def run_task(task, args, out_dir: Path, log) -> None:
                 "attention_blocks": mo["attention_blocks"], "gemms_fp8": mo["gemms_fp8"], "gemms": mo["gemms"],
                 "gemm_fp8_share": mo["gemm_fp8_share"], "fallback": []})
     # FP16 ONNX rows in onnxruntime on the CPU, most important first, on the first --onnx-n test items.
-    deadline = t0 + 60 * args.minutes
+    deadline = args.start + 60 * args.minutes
     cpu_model = task.model.to("cpu")
     onnx = [(label, label) for label in ONNX_ROWS] + [("ModelOpt FP8 (MHA)", out_dir / f"modelopt_{task.name}.onnx")]
     for label, what in onnx:
@@ -230,7 +252,7 @@ def run_task(task, args, out_dir: Path, log) -> None:
             t = time.perf_counter()
             row = onnx_row(task, base, src, out_dir, args.onnx_n)
             row["seconds"] = time.perf_counter() - t
-            add(f"{label} ONNX fp16 (ORT)", row, counts(src) if not isinstance(src, Path) else
+            add(FP16_ORT if label == "FP16 ONNX, no FP8" else f"{label} ONNX fp16 (ORT)", row, counts(src) if not isinstance(src, Path) else
                 {k: doc["rows"]["ModelOpt FP8 (MHA) torch"][k] for k in ("attention_fp8", "attention_blocks",
                  "gemms_fp8", "gemms", "gemm_fp8_share")} if "ModelOpt FP8 (MHA) torch" in doc["rows"] else {})
         except Exception as e:
@@ -256,7 +278,10 @@ def main(argv=None) -> None:
     ap.add_argument("--out-dir", type=Path, default=ROOT / "results" / "tmp" / "recipe")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--onnx-n", type=int, default=2000, help="test items per ONNX row (0: none)")
-    ap.add_argument("--minutes", type=float, default=60.0, help="per task: start no ONNX row after this")
+    ap.add_argument("--minutes", type=float, default=60.0, help="start no ONNX row this many minutes after the start")
+    ap.add_argument("--n-train", type=int, help="probe train items (default: SIZES)")
+    ap.add_argument("--n-test", type=int, help="test items (default: SIZES; full: every test item)")
+    ap.add_argument("--n-eval", type=int, help="eval split items for the fallback (default: SIZES)")
     ap.add_argument("--recipes", default="all", help="';'-separated recipe labels (default all)")
     ap.add_argument("--no-modelopt", action="store_true")
     ap.add_argument("--save-bundle", type=Path, metavar="DIR", help="write weights + data for --bundle and exit")
@@ -264,9 +289,9 @@ def main(argv=None) -> None:
     args.recipes = [r.label for r in RECIPES] if args.recipes == "all" else args.recipes.split(";")
     torch.manual_seed(A.SEED)
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
+    start = args.start = time.perf_counter()
     log = lambda s: print(f"[{time.perf_counter() - start:6.0f} s] {s}", flush=True)  # noqa: E731
-    sizes = SIZES["quick" if args.quick else "full"]
+    sizes = sizes_of(args)
     for name in args.tasks.split(","):
         if args.save_bundle:
             A.save_bundle(name, sizes, args.save_bundle)

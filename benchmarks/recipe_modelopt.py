@@ -55,9 +55,6 @@ def gemm_flop_share(model, example) -> float:
 def main(argv=None) -> None:
     import modelopt
     import modelopt.torch.quantization as mtq
-    from modelopt.torch._deploy.utils import get_onnx_bytes_and_metadata
-    from modelopt.torch._deploy.utils.torch_onnx import OnnxBytes
-    import onnx
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--task", required=True)
@@ -66,9 +63,12 @@ def main(argv=None) -> None:
     ap.add_argument("--bundle", type=Path)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--no-onnx", action="store_true", help="torch rows only")
+    for k in ("--n-train", "--n-test", "--n-eval"):
+        ap.add_argument(k, type=int)
     args = ap.parse_args(argv)
     torch.manual_seed(A.SEED)
-    task = A.load_task(args.task, R.SIZES["quick" if args.quick else "full"], args.bundle, args.batch)
+    task = A.load_task(args.task, R.sizes_of(args), args.bundle, args.batch)
     model = task.model.to(args.device)
     cfg = modelopt_config()
     t = time.perf_counter()
@@ -83,6 +83,12 @@ def main(argv=None) -> None:
             "config": json.dumps(cfg["quant_cfg"][-3:], default=str)}
     torch.save(A.torch_features(task, model, task.test, args.device), args.out / f"modelopt_features_{args.task}.pt")
     try:  # its FP16 ONNX (TorchScript exporter, opset 20, as in vs_modelopt), on the CPU
+        if args.no_onnx:
+            raise RuntimeError("not asked for (--no-onnx)")
+        import onnx
+        from modelopt.torch._deploy.utils import get_onnx_bytes_and_metadata
+        from modelopt.torch._deploy.utils.torch_onnx import OnnxBytes
+
         model = model.to("cpu")
         names = list(task.example)
         blob, _ = get_onnx_bytes_and_metadata(_Positional(model, names), tuple(task.example[n] for n in names),

@@ -1,0 +1,62 @@
+"""benchmarks/recipe.py's JSON results -> one markdown table per run (fxq's levers and ModelOpt side by side).
+
+    python -m benchmarks.recipe_report DIR [DIR ...] --out results/accuracy_recipe.md --title "..."
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def _ci(r: dict, prefix: str = "") -> str:
+    if f"{prefix}delta_pp" not in r:
+        return ""
+    return f"{r[prefix + 'delta_pp']:+.2f} [{r[prefix + 'ci_lo']:+.2f}, {r[prefix + 'ci_hi']:+.2f}]"
+
+
+def table(doc: dict) -> list[str]:
+    out = [f"### {doc['task']}: {doc['model']}, {doc['info']['data']}", "",
+           f"{doc['note']}. `python -m benchmarks.recipe {' '.join(doc['argv'])}`. Probe train n {doc['n_train']}, "
+           f"test n {doc['n_test']} (ONNX rows: the first {doc['onnx_n']} test items, paired with FP32 on those "
+           f"items), fallback eval split n {doc['n_eval']} (disjoint from probe train and test); "
+           f"{doc.get('k_centered', 0)} K projections centered.", "",
+           "| variant | n | accuracy | delta vs FP32 (pp) [95% CI] | delta vs FP16 ONNX (pp) [95% CI] | agreement "
+           "with FP32 | GEMMs FP8 | GEMM FLOPs FP8 | attention FP8 | fallback | TensorRT-ready (fxq checker) |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"]
+    for label, r in doc["rows"].items():
+        gemms = f"{r['gemms_fp8']}/{r['gemms']}" if "gemms" in r else ""
+        share = f"{100 * r['gemm_fp8_share']:.1f}%" if "gemm_fp8_share" in r else ""
+        attn = f"{r['attention_fp8']}/{r['attention_blocks']}" if "attention_blocks" in r else ""
+        fb = r.get("fallback") or []
+        fb_text = (f"{len(fb)} groups FP16 ({r.get('budget', '')})" if fb else r.get("budget", "")) if "fallback" in r else ""
+        out.append(f"| {label} | {r.get('n', doc['n_test'])} | {100 * r['acc']:.2f}% | {_ci(r)} | {_ci(r, 'vs_')} | "
+                   f"{100 * r['agreement']:.2f}% | {gemms} | {share} | {attn} | {fb_text} | {r.get('trt_ready', '')} |")
+    mo = doc.get("modelopt")
+    if mo:
+        if "error" in mo:
+            out += ["", f"ModelOpt did not run: {mo['error']}"]
+        else:
+            out += ["", f"ModelOpt {mo['modelopt']}: {mo['attention_modules_with_bmm_quantizers']} attention modules "
+                    f"got Q/K/V BMM quantizers, {mo['attention_fp8']} with all three enabled; "
+                    f"{mo['gemms_fp8']}/{mo['gemms']} Linear layers with input and weight quantizers. "
+                    + (f"FP16 ONNX: {mo['onnx_error']}" if mo.get("onnx_error") else "")]
+    return out + [""]
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("dirs", type=Path, nargs="+")
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--title", default="FP8 accuracy: fxq's levers together, and ModelOpt on the same test items")
+    args = ap.parse_args(argv)
+    lines = [f"# {args.title}", ""]
+    for d in args.dirs:
+        for p in sorted(d.glob("recipe_*.json")):
+            lines += table(json.loads(p.read_text()))
+    args.out.write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
