@@ -65,8 +65,6 @@ RECIPES = (
     Recipe("fxq default + fallback (0.5% flip budget)", fallback="flip"),
     Recipe("fxq K centered + per-channel W + fallback (0.5% flip budget)", True, 0, fallback="flip"),
 )
-ONNX_ROWS = ("fxq K centered + per-channel W", "FP16 ONNX, no FP8", "fxq default")  # most important first
-FP16_ORT = "FP16 ONNX, no FP8 (ORT)"
 
 
 def flip_metric(probe, features):
@@ -116,38 +114,6 @@ def quantize_recipe(task, recipe: Recipe, models: dict, base, device, log):
     return chosen or (plain, {"budget": "none kept >= 90% GEMM FLOPs FP8: no fallback"})
 
 
-def subset(task, base, n: int):
-    """The first whole test batches holding at least n items, and a Baseline scored on them alone."""
-    batches, k = [], 0
-    for b in task.test:
-        if k >= n:
-            break
-        batches.append(b)
-        k += len(next(iter(b.values())))
-    sub = dataclasses.replace(task, test=batches, test_labels=task.test_labels[:k])
-    boot = np.random.default_rng(A.SEED).integers(0, k, size=(A.BOOTSTRAP, k))
-    return sub, A.Baseline(sub, base.probe, base.feats[:k], base.preds[:k], base.correct[:k], boot)
-
-
-def onnx_row(task, base, qm_or_path, out_dir: Path, n: int) -> dict:
-    """FP16 ONNX in onnxruntime (CPU) on the first n test items, paired against FP32 on the same items."""
-    sub, sub_base = subset(task, base, n)
-    path = qm_or_path
-    if not isinstance(qm_or_path, Path):
-        path = out_dir / f"{task.name}_recipe.onnx"
-        qm_or_path.export_onnx(path, dtype=torch.float16)
-    row = sub_base.score(A.onnx_features(sub, path, sub.test))
-    row["n"] = len(sub.test_labels)
-    from onnx_post.checker import check_model
-
-    r = check_model(path)  # what TensorRT would fuse, by fxq's checker
-    row["trt_ready"] = (f"GEMMs {sum(g.ready for g in r.gemms)}/{len(r.gemms)}, attention "
-                        f"{sum(a.ready for a in r.attention)}/{len(r.attention)}"
-                        + (f" ({', '.join(sorted({x for a in r.attention for x in a.reasons}))})"
-                           if not all(a.ready for a in r.attention) else ""))
-    return row
-
-
 def sizes_of(args) -> dict:
     """SIZES for --quick or the full run, with --n-train / --n-test / --n-eval applied to every task."""
     over = (args.n_train, args.n_test, None, args.n_eval)
@@ -175,6 +141,7 @@ def modelopt_rows(task_name, args, out_dir: Path, log) -> dict | None:
 
 def run_task(task, args, out_dir: Path, log) -> None:
     import fxq
+    from benchmarks.recipe_onnx import FP16_ORT, onnx_rows, subset
 
     t0 = time.perf_counter()
     base = A.fp32_baseline(task, args.device)
@@ -228,35 +195,7 @@ def run_task(task, args, out_dir: Path, log) -> None:
             add("ModelOpt FP8 (MHA) torch", base.score(torch.load(feats)), {"attention_fp8": mo["attention_fp8"],
                 "attention_blocks": mo["attention_blocks"], "gemms_fp8": mo["gemms_fp8"], "gemms": mo["gemms"],
                 "gemm_fp8_share": mo["gemm_fp8_share"], "fallback": []})
-    # FP16 ONNX rows in onnxruntime on the CPU, most important first, on the first --onnx-n test items.
-    deadline = args.start + 60 * args.minutes
-    cpu_model = task.model.to("cpu")
-    onnx = [(label, label) for label in ONNX_ROWS] + [("ModelOpt FP8 (MHA)", out_dir / f"modelopt_{task.name}.onnx")]
-    for label, what in onnx:
-        if time.perf_counter() > deadline or args.onnx_n <= 0:
-            log(f"  out of time or --onnx-n 0: no ONNX row for {label}")
-            continue
-        try:
-            if isinstance(what, Path):
-                if not what.is_file():
-                    continue
-                src = what
-            elif label == "FP16 ONNX, no FP8":
-                src = fxq.quantize(cpu_model, task.example, None, A.NO_FP8, calibration={"version": 1, "batches": 1, "amax": {}}, progress=False)
-            else:
-                saved = out_dir / f"calib_{task.name}.json"
-                qms[label].save_calibration(saved)  # rebuilt on the CPU from its calibration file
-                m = (models["centered"] if "K centered" in label else models["plain"]).to("cpu")
-                src = fxq.quantize(m, task.example, config=fxq.QuantConfig.from_dict(
-                    json.loads(saved.read_text())["config"]), calibration=saved, progress=False)
-            t = time.perf_counter()
-            row = onnx_row(task, base, src, out_dir, args.onnx_n)
-            row["seconds"] = time.perf_counter() - t
-            add(FP16_ORT if label == "FP16 ONNX, no FP8" else f"{label} ONNX fp16 (ORT)", row, counts(src) if not isinstance(src, Path) else
-                {k: doc["rows"]["ModelOpt FP8 (MHA) torch"][k] for k in ("attention_fp8", "attention_blocks",
-                 "gemms_fp8", "gemms", "gemm_fp8_share")} if "ModelOpt FP8 (MHA) torch" in doc["rows"] else {})
-        except Exception as e:
-            log(f"  {label} ONNX failed: {type(e).__name__}: {e}")
+    onnx_rows(task, base, args, models, qms, doc, add, log)
     log(f"  {task.name} done in {time.perf_counter() - t0:.0f} s")
 
 

@@ -68,7 +68,7 @@ def test_flip_metric_counts_changed_predictions():
 
 def test_subset_scores_only_the_first_batches():
     from benchmarks import accuracy as A
-    from benchmarks.recipe import subset
+    from benchmarks.recipe_onnx import subset
 
     labels = torch.arange(10) % 2
     batches = [{"x": torch.zeros(4, 1)}, {"x": torch.zeros(4, 1)}, {"x": torch.zeros(2, 1)}]
