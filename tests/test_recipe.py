@@ -3,6 +3,7 @@ import dataclasses
 import json
 
 import numpy as np
+import pytest
 import torch
 
 import fxq
@@ -78,3 +79,14 @@ def test_subset_scores_only_the_first_batches():
     sub, sub_base = subset(task, base, 5)  # whole batches: 8 items
     assert len(sub.test) == 2 and len(sub.test_labels) == 8 and sub_base.correct.shape == (8,)
     assert sub_base.boot.shape == (A.BOOTSTRAP, 8) and sub_base.boot.max() < 8
+
+
+@pytest.mark.parametrize("config,words", [
+    ({"weight_axis": 5}, "'config' is not a valid fxq config"),
+    ({"weight_rounding": "gptq"}, "needs calib_data"),  # the file's GPTQ codes cannot be rebuilt without data
+])
+def test_a_bad_or_unusable_saved_config_is_one_clear_error(config, words):
+    qm = fxq.quantize(TinyAttention().eval(), inputs_for("mul_after"), [inputs_for("mul_after", 4)], progress=False)
+    doc = {"version": 1, "batches": 1, "amax": qm.amax, "config": {**qm.quant_config.to_dict(), **config}}
+    with pytest.raises(fxq.CalibrationError, match=words):
+        fxq.quantize(TinyAttention().eval(), inputs_for("mul_after"), calibration=doc, progress=False)
