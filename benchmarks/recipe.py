@@ -174,28 +174,36 @@ def run_task(task, args, out_dir: Path, log) -> None:
     models["centered"] = centered
     doc["k_centered"] = n
     qms = {}
-    for recipe in RECIPES:
-        if recipe.label not in args.recipes or (recipe.fallback == "flip" and task.name != "vision"):
-            continue  # the flip metric reads features from the output alone: vision's CLS ++ mean patch
-        t = time.perf_counter()
-        try:
-            qm, extra = quantize_recipe(task, recipe, models, base, args.device, log)
-        except Exception as e:  # keep going: one lever failing is a result too
-            log(f"  {recipe.label} failed: {type(e).__name__}: {e}")
-            continue
-        qms[recipe.label] = qm
-        row = base.score(A.torch_features(task, qm, task.test, args.device))
-        add(recipe.label + " torch", row, {**counts(qm), **extra, "seconds": time.perf_counter() - t,
-                                           "recipe": dataclasses.asdict(recipe)})
+
+    def torch_rows(with_fallback: bool):
+        for recipe in RECIPES:
+            if recipe.label not in args.recipes or (recipe.fallback is not None) != with_fallback or \
+                    (recipe.fallback == "flip" and task.name != "vision"):
+                continue  # the flip metric reads features from the output alone: vision's CLS ++ mean patch
+            t = time.perf_counter()
+            try:
+                qm, extra = quantize_recipe(task, recipe, models, base, args.device, log)
+            except Exception as e:  # keep going: one lever failing is a result too
+                log(f"  {recipe.label} failed: {type(e).__name__}: {e}")
+                continue
+            qms[recipe.label] = qm
+            row = base.score(A.torch_features(task, qm, task.test, args.device))
+            add(recipe.label + " torch", row, {**counts(qm), **extra, "seconds": time.perf_counter() - t,
+                                               "recipe": dataclasses.asdict(recipe)})
+
+    torch_rows(with_fallback=False)
     if not args.no_modelopt:
         mo = modelopt_rows(task.name, args, out_dir, log)
-        doc["modelopt"] = {k: v for k, v in mo.items() if k != "features"} if mo else None
+        doc["modelopt"] = mo
         feats = out_dir / f"modelopt_features_{task.name}.pt"
         if mo and "error" not in mo and feats.is_file():
             add("ModelOpt FP8 (MHA) torch", base.score(torch.load(feats)), {"attention_fp8": mo["attention_fp8"],
                 "attention_blocks": mo["attention_blocks"], "gemms_fp8": mo["gemms_fp8"], "gemms": mo["gemms"],
                 "gemm_fp8_share": mo["gemm_fp8_share"], "fallback": []})
-    onnx_rows(task, base, args, models, qms, doc, add, log)
+    onnx_rows(task, base, args, models, qms, doc, add, log)  # before the fallbacks: the slow, optional part
+    for m in models.values():
+        m.to(args.device)
+    torch_rows(with_fallback=True)
     log(f"  {task.name} done in {time.perf_counter() - t0:.0f} s")
 
 

@@ -9,6 +9,9 @@ import json
 from pathlib import Path
 
 
+START, END = "<!-- recipe results: benchmarks/recipe_report.py --section -->", "<!-- end of recipe results -->"
+
+
 def _ci(r: dict, prefix: str = "") -> str:
     if f"{prefix}delta_pp" not in r:
         return ""
@@ -49,13 +52,20 @@ def main(argv=None) -> None:
     ap.add_argument("dirs", type=Path, nargs="+")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--title", default="FP8 accuracy: fxq's levers together, and ModelOpt on the same test items")
+    ap.add_argument("--section", action="store_true",
+                    help="replace the part of --out between the recipe markers instead of writing a whole file")
     args = ap.parse_args(argv)
-    lines = [f"# {args.title}", ""]
+    lines = [f"## {args.title}" if args.section else f"# {args.title}", ""]
     for d in args.dirs:
         for p in sorted(d.glob("recipe_*.json")):
             lines += table(json.loads(p.read_text()))
-    args.out.write_text("\n".join(lines))
-    print("\n".join(lines))
+    text = "\n".join(lines)
+    if args.section:  # results/accuracy.md keeps its other sections
+        old = args.out.read_text()
+        head, rest = old.split(START, 1) if START in old else (old + "\n", END)
+        text = f"{head}{START}\n{text}\n{END}{rest.split(END, 1)[1]}"
+    args.out.write_text(text)
+    print(text)
 
 
 if __name__ == "__main__":
