@@ -8,6 +8,10 @@ import argparse
 import json
 from pathlib import Path
 
+import numpy as np
+
+MODELOPT_ROWS = {"torch": "ModelOpt FP8 (MHA) torch", "ORT": "ModelOpt FP8 (MHA) ONNX fp16 (ORT)"}
+
 
 START, END = "<!-- recipe results: benchmarks/recipe_report.py --section -->", "<!-- end of recipe results -->"
 
@@ -18,22 +22,40 @@ def _ci(r: dict, prefix: str = "") -> str:
     return f"{r[prefix + 'delta_pp']:+.2f} [{r[prefix + 'ci_lo']:+.2f}, {r[prefix + 'ci_hi']:+.2f}]"
 
 
-def table(doc: dict) -> list[str]:
+def vs_modelopt(doc: dict, correct) -> dict[str, str]:
+    """Each fxq row minus ModelOpt's row of the same back end (torch or ONNX), paired on the same items."""
+    from benchmarks.accuracy import BOOTSTRAP, SEED, paired_delta
+
+    out = {}
+    for label in doc["rows"]:
+        mo = MODELOPT_ROWS["ORT" if label.endswith("(ORT)") else "torch"]
+        if correct is None or not label.startswith("fxq") or mo not in correct.files or label not in correct.files:
+            continue
+        a, b = correct[label], correct[mo]
+        if len(a) == len(b):
+            boot = np.random.default_rng(SEED).integers(0, len(a), size=(BOOTSTRAP, len(a)))
+            out[label] = _ci(paired_delta(a, b, boot))
+    return out
+
+
+def table(doc: dict, correct=None) -> list[str]:
     out = [f"### {doc['task']}: {doc['model']}, {doc['info']['data']}", "",
            f"{doc['note']}. `python -m benchmarks.recipe {' '.join(doc['argv'])}`. Probe train n {doc['n_train']}, "
            f"test n {doc['n_test']} (ONNX rows: the first {doc['onnx_n']} test items, paired with FP32 on those "
            f"items), fallback eval split n {doc['n_eval']} (disjoint from probe train and test); "
            f"{doc.get('k_centered', 0)} K projections centered.", "",
-           "| variant | n | accuracy | delta vs FP32 (pp) [95% CI] | delta vs FP16 ONNX (pp) [95% CI] | agreement "
+           "| variant | n | accuracy | delta vs FP32 (pp) [95% CI] | delta vs FP16 ONNX (pp) [95% CI] | "
+           "fxq minus ModelOpt, same back end (pp) [95% CI] | agreement "
            "with FP32 | GEMMs FP8 | GEMM FLOPs FP8 | attention FP8 | fallback | TensorRT-ready (fxq checker) |",
-           "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"]
+           "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"]
+    vs = vs_modelopt(doc, correct)
     for label, r in doc["rows"].items():
         gemms = f"{r['gemms_fp8']}/{r['gemms']}" if "gemms" in r else ""
         share = f"{100 * r['gemm_fp8_share']:.1f}%" if "gemm_fp8_share" in r else ""
         attn = f"{r['attention_fp8']}/{r['attention_blocks']}" if "attention_blocks" in r else ""
         fb = r.get("fallback") or []
         fb_text = (f"{len(fb)} groups FP16 ({r.get('budget', '')})" if fb else r.get("budget", "")) if "fallback" in r else ""
-        out.append(f"| {label} | {r.get('n', doc['n_test'])} | {100 * r['acc']:.2f}% | {_ci(r)} | {_ci(r, 'vs_')} | "
+        out.append(f"| {label} | {r.get('n', doc['n_test'])} | {100 * r['acc']:.2f}% | {_ci(r)} | {_ci(r, 'vs_')} | {vs.get(label, '')} | "
                    f"{100 * r['agreement']:.2f}% | {gemms} | {share} | {attn} | {fb_text} | {r.get('trt_ready', '')} |")
     mo = doc.get("modelopt")
     if mo:
@@ -58,7 +80,8 @@ def main(argv=None) -> None:
     lines = [f"## {args.title}" if args.section else f"# {args.title}", ""]
     for d in args.dirs:
         for p in sorted(d.glob("recipe_*.json")):
-            lines += table(json.loads(p.read_text()))
+            npz = p.with_name(p.name.replace("recipe_", "recipe_correct_").replace(".json", ".npz"))
+            lines += table(json.loads(p.read_text()), np.load(npz) if npz.is_file() else None)
     text = "\n".join(lines)
     if args.section:  # results/accuracy.md keeps its other sections
         old = args.out.read_text()
