@@ -83,5 +83,6 @@ def onnx_rows(task, base, args, models, qms, doc, add, log) -> None:
             info = counts(src) if not isinstance(src, Path) else {
                 k: mo[k] for k in ("attention_fp8", "attention_blocks", "gemms_fp8", "gemms", "gemm_fp8_share") if k in mo}
             add(FP16_ORT if label == "FP16 ONNX, no FP8" else f"{label} ONNX fp16 (ORT)", row, info)
-        except Exception as e:  # keep the rows already measured
+        except Exception as e:  # keep the rows already measured; a file onnxruntime cannot load is a result too
             log(f"  {label} ONNX failed: {type(e).__name__}: {e}")
+            doc.setdefault("onnx_errors", {})[label] = f"{type(e).__name__}: {str(e)[:400]}"

@@ -39,7 +39,7 @@ def vs_modelopt(doc: dict, correct) -> dict[str, str]:
 
 
 def table(doc: dict, correct=None) -> list[str]:
-    out = [f"### {doc['task']}: {doc['model']}, {doc['info']['data']}", "",
+    out = [f"### {doc['task']}: {doc['model']}, {doc['n_test']} test items (data: {doc['info']['data']})", "",
            f"{doc['note']}. `python -m benchmarks.recipe {' '.join(doc['argv'])}`. Probe train n {doc['n_train']}, "
            f"test n {doc['n_test']} (ONNX rows: the first {doc['onnx_n']} test items, paired with FP32 on those "
            f"items), fallback eval split n {doc['n_eval']} (disjoint from probe train and test); "
@@ -57,6 +57,8 @@ def table(doc: dict, correct=None) -> list[str]:
         fb_text = (f"{len(fb)} groups FP16 ({r.get('budget', '')})" if fb else r.get("budget", "")) if "fallback" in r else ""
         out.append(f"| {label} | {r.get('n', doc['n_test'])} | {100 * r['acc']:.2f}% | {_ci(r)} | {_ci(r, 'vs_')} | {vs.get(label, '')} | "
                    f"{100 * r['agreement']:.2f}% | {gemms} | {share} | {attn} | {fb_text} | {r.get('trt_ready', '')} |")
+    for label, err in doc.get("onnx_errors", {}).items():
+        out += ["", f"No ONNX row for {label}: {err}"]
     mo = doc.get("modelopt")
     if mo:
         if "error" in mo:
