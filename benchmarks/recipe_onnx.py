@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from benchmarks import accuracy as A
+from onnx_post.checker import check_model
 
 ROWS = ("fxq K centered + per-channel W", "FP16 ONNX, no FP8", "fxq default")  # most important first
 FP16_ORT = "FP16 ONNX, no FP8 (ORT)"
@@ -37,13 +38,13 @@ def onnx_row(task, base, qm_or_path, out_dir: Path, n: int) -> dict:
         qm_or_path.export_onnx(path, dtype=torch.float16)
     row = sub_base.score(A.onnx_features(sub, path, sub.test))
     row["n"] = len(sub.test_labels)
-    from onnx_post.checker import check_model
-
     r = check_model(path)  # what TensorRT would fuse, by fxq's checker
     row["trt_ready"] = (f"GEMMs {sum(g.ready for g in r.gemms)}/{len(r.gemms)}, attention "
                         f"{sum(a.ready for a in r.attention)}/{len(r.attention)}"
                         + (f" ({', '.join(sorted({x for a in r.attention for x in a.reasons}))})"
                            if not all(a.ready for a in r.attention) else ""))
+    if path is not qm_or_path:
+        path.unlink()  # ours, rebuilt from the calibration file: keep results folders small
     return row
 
 
