@@ -479,7 +479,7 @@ def _onnx_row(task, base, key, label, cpu_model, out_dir, calib_files, rows, inf
     t1 = time.perf_counter()
     example = {k: v for k, v in task.example.items()}
     if key == "FP16 ONNX":
-        q = fxq.quantize(cpu_model, example, None, NO_FP8, calibration={"amax": {}}, progress=False)
+        q = fxq.quantize(cpu_model, example, None, NO_FP8, calibration={"version": 1, "batches": 1, "amax": {}}, progress=False)
     else:  # rebuilt from the saved calibration file: its config (preset, fallback) and amax
         saved = out_dir / calib_files[key]
         cfg = fxq.QuantConfig.from_dict(json.loads(saved.read_text())["config"])

@@ -212,17 +212,24 @@ def _check_dynamic_shapes(spec) -> None:
 
 
 def preset(name: str) -> QuantConfig:
-    """Named presets. 'tensorrt-fp8' is the default."""
+    """Named presets. 'tensorrt-fp8' is the default.
+
+    'accurate': the default plus one scale per output channel of every GEMM weight, the config part of the
+    recipe measured in results/accuracy_recipe.md (pair it with fxq.center_attention_keys). Its FP8 GEMMs need
+    per-channel weight scales: TensorRT >= 10.6 on Hopper.
+    """
     if name == "tensorrt-fp8":
         return QuantConfig()
     if name == "tensorrt-fp8-percentile":
         p = TensorSpec(calibrator="percentile")
         return QuantConfig(roles=RoleSpecs(linear_input=p, attn_q=p, attn_k=p, attn_v=p, layer_norm_output=p,
                                            conv_input=p))
+    if name == "accurate":
+        return QuantConfig(weight_axis=0)
     if name == "gemm-only":
         return QuantConfig(roles=RoleSpecs(attn_q=None, attn_k=None, attn_v=None, attn_probs=None,
                                            conv_input=None, conv_weight=None))
-    raise ValueError(f"unknown preset {name!r}; presets: tensorrt-fp8, tensorrt-fp8-percentile, gemm-only")
+    raise ValueError(f"unknown preset {name!r}; presets: {', '.join(PRESETS)}")
 
 
-PRESETS = ("tensorrt-fp8", "tensorrt-fp8-percentile", "gemm-only")
+PRESETS = ("tensorrt-fp8", "tensorrt-fp8-percentile", "gemm-only", "accurate")

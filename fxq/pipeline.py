@@ -59,28 +59,45 @@ class Request:
         if isinstance(model, QuantizedModel):
             raise InputError("this model is already quantized (a fxq.QuantizedModel); fix: pass the float model "
                              "to fxq.quantize, or export this one with its export_onnx()")
-        cfg = config if config is not None else QuantConfig()
-        if not isinstance(cfg, QuantConfig):
-            raise TypeError(f"config must be a fxq.QuantConfig, got {type(cfg).__name__}")
+        if config is not None and not isinstance(config, QuantConfig):
+            raise TypeError(f"config must be a fxq.QuantConfig, got {type(config).__name__}")
         if fallback is not None and not isinstance(fallback, Fallback):
             raise TypeError(f"fallback must be a fxq.Fallback(eval_data, max_error), got {type(fallback).__name__}")
         example = Inputs.of(example_inputs)
         validate.model(model)  # fxq/validate.py: the checks the CLI runs too
         validate.example_inputs(model, example)
-        gptq = cfg.weight_rounding == "gptq"
-        validate.calibration_sources(calib_data, calibration, gptq=gptq)
+        cfg = config if config is not None else QuantConfig()
+        validate.calibration_sources(calib_data, calibration, gptq=cfg.weight_rounding == "gptq")
         if calibration is None and calib_data is None:
             raise CalibrationError("no calibration: pass calib_data (batches like example_inputs) or "
                                    "calibration=<saved file>")
-        if gptq and calib_data is None:
-            raise CalibrationError("config.weight_rounding='gptq' needs calib_data: GPTQ rounds weights with input "
-                                   "Hessians, which calibration files do not hold; fix: pass calib_data (with or "
-                                   "without calibration=...), or use weight_rounding='nearest'")
+        _check_gptq_data(cfg, calib_data)
         saved = None if calibration is None else Calibration.load(calibration)
+        if config is None:  # none given: the config the calibration file was made with
+            cfg = _saved_config(saved)
+            _check_gptq_data(cfg, calib_data)
         if saved is not None and saved.fallback_groups and not cfg.fallback:
             cfg = dataclasses.replace(cfg, fallback=saved.fallback_groups)  # a saved fallback applies again
         shapes = resolve_dynamic_shapes(dynamic_shapes, cfg.dynamic_shapes, example)
         return cls(model, example, calib_data, cfg, saved, dynamic_batch, dynamic_seq, shapes, progress)
+
+
+def _check_gptq_data(cfg: QuantConfig, calib_data) -> None:
+    if cfg.weight_rounding == "gptq" and calib_data is None:
+        raise CalibrationError("config.weight_rounding='gptq' needs calib_data: GPTQ rounds weights with input "
+                               "Hessians, which calibration files do not hold; fix: pass calib_data (with or "
+                               "without calibration=...), or use weight_rounding='nearest'")
+
+
+def _saved_config(saved: Calibration | None) -> QuantConfig:
+    """No config given: the one the calibration file was made with (a preset's weight axis applies again)."""
+    if saved is None or not saved.config:
+        return QuantConfig()
+    try:
+        return QuantConfig.from_dict(saved.config)
+    except (TypeError, ValueError) as e:  # ConfigError is a ValueError too
+        raise CalibrationError(f"the calibration's 'config' is not a valid fxq config: {e}; fix: pass config= "
+                               "explicitly, or calibrate again") from None
 
 
 def resolve_dynamic_shapes(argument: Any, from_config: Any, example: Inputs) -> Any:
