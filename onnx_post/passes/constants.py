@@ -11,7 +11,7 @@ import onnx_graphsurgeon as gs
 from onnx.reference import ReferenceEvaluator
 
 from .. import IR_VERSION
-from ..gs_utils import new_name, producer
+from ..gs_utils import const_value, new_name, producer
 
 MAX_NODES = 8  # a weight's shape plumbing is a handful of ops; anything longer is left alone
 
@@ -36,6 +36,12 @@ def _evaluate(graph: gs.Graph, nodes: list[gs.Node], t: gs.Tensor):
     sub = gs.Graph(nodes=list(nodes), inputs=[], outputs=[t], opset=graph.opset)
     model = gs.export_onnx(sub.toposort(), do_type_check=False)
     model.ir_version = IR_VERSION
+    # Weights still waiting to be streamed (onnx_post.pending) export as stubs that name no file: give the
+    # evaluator their values, read from their source.
+    consts = {i.name: i for n in nodes for i in n.inputs if isinstance(i, gs.Constant)}
+    for init in model.graph.initializer:
+        if init.data_location == onnx.TensorProto.EXTERNAL and init.name in consts:
+            init.CopyFrom(onnx.numpy_helper.from_array(const_value(consts[init.name]), init.name))
     del model.opset_import[:]
     model.opset_import.extend([onnx.helper.make_opsetid("", graph.opset)])
     return ReferenceEvaluator(model).run(None, {})[0]
