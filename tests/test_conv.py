@@ -263,6 +263,10 @@ def test_lower_runs_patch_and_1x1_convs_on_scaled_mm():
     with torch.no_grad():
         got = compare(qm(example), lowered(example).float())
     assert got["cosine"] > 0.999, got  # FP16 graph, fast accumulation, against the FP32 fake-quant model
+    kept = fxq.lower(qm, convs=False)  # every conv stays a conv
+    assert (kept.stats.convs_fp8, kept.stats.convs_float) == (0, 3)
+    calls = Counter(n.target for n in kept.graph_module.graph.nodes if n.op == "call_function")
+    assert calls[fp8_patch_conv] == 0
 
 
 def test_conv_groups_in_sensitivity_fallback_and_gptq():
