@@ -10,7 +10,7 @@ demo: $(STAMP)
 	$(VENV)/bin/fxq quantize minilm --out out/minilm_fp8.onnx --report
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto
 
 $(STAMP): pyproject.toml requirements.txt requirements-bench.txt
 	$(PYTHON) -m venv $(VENV)
