@@ -34,7 +34,7 @@ from fxq.conversion.insert import WeightCodes, insert_observers, insert_qdq, own
 from fxq.memory import release_free_memory
 from fxq.drop_in import Source
 from fxq.model import QuantizedModel
-from fxq.placement.place import Placement, Site, place
+from fxq.placement.place import Placement, Site, place, tie_amax
 from fxq.report import warn_if_nothing_to_do
 from fxq.conversion.weight_codes import codes_chooser
 
@@ -212,6 +212,7 @@ def calibrate(ep: torch.export.ExportedProgram, placement: Placement, req: Reque
         if saved is None:
             amax, batches = {k: o.result() for k, o in observers.items()}, seen
     release_free_memory()  # the calibration activations: otherwise they add to the export's peak
+    amax = tie_amax(amax, placement)  # a split attention output's O-projection inputs share one scale
     amax.update(weight_amax(ep, placement))
     layouts = {k: rs[0].transposed for k, rs in weight_readers(gm, placement).items()}
     codes = ChosenCodes(codes_chooser(cfg, layouts, weight_hessians(hessians) if gptq else None))

@@ -70,7 +70,9 @@ class Report:
         return (f"{len(p.sites)} FP8 quantizers ({roles}); GEMMs quantized {quantized_gemms}/{p.gemms} "
                 f"({100 * fp8_gemm_flop_share(p):.1f}% of GEMM FLOPs); "
                 f"attention blocks quantized {blocks_ok}/{p.attention_blocks}; "
-                f"convs quantized {len(fp8_convs(p))}/{p.convs}; skipped {len(p.skips)}")
+                f"convs quantized {len(fp8_convs(p))}/{p.convs}; skipped {len(p.skips)}"
+                + (f"; {len(p.tied)} split attention outputs: their O-projection inputs share one scale"
+                   if p.tied else ""))
 
     def to_dict(self) -> dict:
         reasons = {k.reason for k in self.placement.skips}

@@ -4,7 +4,7 @@ from __future__ import annotations
 import ml_dtypes
 import numpy as np
 
-from onnx_post.checker_graph import FP8, AttentionBlock, GraphIndex, module_of, walk_forward
+from onnx_post.checker_graph import FP8, MAX_STEPS, AttentionBlock, GraphIndex, module_of
 from onnx_post.checker_report import AttentionRow
 
 
@@ -57,14 +57,14 @@ def check_attention(gi: GraphIndex, blk: AttentionBlock) -> AttentionRow:
     if seq:
         flag("dynamic_seq_len", f"sequence dim {seq[0]!r}")
 
-    # BMM2 output -> (Transpose/Reshape) -> QuantizeLinear -> DequantizeLinear
-    through = {"Transpose", "Reshape", "Cast", "Identity"}
-    quant, path = walk_forward(gi, blk.bmm2.output[0], through, "QuantizeLinear")
-    out_q = quant is not None and any(
-        c.op_type == "DequantizeLinear" for c in gi.consumers.get(quant.output[0], []))
-    if not out_q:
-        uses = {c.op_type for c in gi.consumers.get(blk.bmm2.output[0], [])}
-        flag("output_not_quantized", f"output: to {','.join(sorted(uses)) or 'graph output'}")
+    # BMM2 output -> (views, a split into token ranges, a concat) -> QuantizeLinear -> DequantizeLinear on every
+    # branch, at one scale: TensorRT moves a Q back through such ops, so equal Qs make one FP8 output of the block.
+    quants, ends, path = output_quantizers(gi, blk.bmm2.output[0])
+    unpaired = [q for q in quants if not any(c.op_type == "DequantizeLinear" for c in gi.consumers.get(q.output[0], []))]
+    if ends or unpaired or not quants:
+        flag("output_not_quantized", f"output: to {','.join(sorted(ends)) or 'graph output'}")
+    elif len({_scale_key(gi, q) for q in quants}) > 1:
+        flag("output_scales_differ", f"output: {len(quants)} branches quantized at different scales")
     if any(n.op_type == "Cast" for n in path):
         flag("cast_in_block", "Cast between BMM2 and its output Q/DQ")
 
@@ -82,6 +82,41 @@ _FLOAT_BLOCK = {"q_not_fp8", "k_not_fp8", "v_not_fp8", "softmax_not_quantized"}
 def _has_fp8(reasons: list[str]) -> bool:
     """Some of Q, K, V and the probabilities are FP8 (a float block has all four of these reasons)."""
     return not _FLOAT_BLOCK <= set(reasons)
+
+
+OUTPUT_THROUGH = {"Transpose", "Reshape", "Cast", "Identity", "Split", "Slice", "Concat", "Squeeze", "Unsqueeze"}
+
+
+def output_quantizers(gi: GraphIndex, start: str):
+    """Every QuantizeLinear reached from `start` through OUTPUT_THROUGH ops (all outputs of a Split), the op types
+    where a branch ends unquantized ("graph output" for a model output), and the ops passed."""
+    quants, ends, path, seen, stack = [], set(), [], set(), [start]
+    while stack:
+        name = stack.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        readers = gi.consumers.get(name, [])
+        if not readers:
+            ends.add("graph output")
+        for c in readers:
+            if c.op_type == "QuantizeLinear":
+                quants.append(c)
+            elif c.op_type in OUTPUT_THROUGH and len(path) < 4 * MAX_STEPS:
+                path.append(c)
+                stack.extend(o for o in c.output if o)
+            else:
+                ends.add(c.op_type)
+    return list({id(q): q for q in quants}.values()), ends, path
+
+
+def _scale_key(gi: GraphIndex, q) -> tuple:
+    """A Q's scale (and zero point) by value, or by name where it is not a constant."""
+    key = []
+    for name in q.input[1:3]:
+        v = gi.value(name) if name else None
+        key.append(name if v is None else (str(v.dtype), tuple(np.asarray(v, dtype=np.float64).reshape(-1))))
+    return tuple(key)
 
 
 def _first_int(*dims):

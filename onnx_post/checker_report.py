@@ -53,8 +53,12 @@ REASONS: dict[str, str] = {
     "head_size_unknown": "The head size could not be read from the shapes.",
     "dynamic_seq_len": "The sequence dim of Q/K at BMM1 is symbolic; dynamic sequence length may "
                        "prevent FP8 MHA fusion (dynamic batch is fine).",
-    "output_not_quantized": "BMM2's output does not reach QuantizeLinear -> DequantizeLinear "
-                            "(through Transpose/Reshape) before the next GEMM.",
+    "output_not_quantized": "BMM2's output does not reach QuantizeLinear -> DequantizeLinear on every branch "
+                            "(through Transpose/Reshape, a Split/Slice into token ranges or a Concat) before the "
+                            "next GEMM.",
+    "output_scales_differ": "BMM2's output is split into branches (a joint text+image attention) whose "
+                            "QuantizeLinear scales differ; TensorRT can quantize the block's output once only "
+                            "where they are equal (fxq ties them).",
     # values (onnx_post/checker_numeric.py): structurally fine, numerically broken
     **NUMERIC_REASONS,
 }

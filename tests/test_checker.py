@@ -243,7 +243,7 @@ def test_reasons_legend_covers_every_code():
              "small_gemm", "gemv", "q_not_fp8", "k_not_fp8", "v_not_fp8", "softmax_not_quantized",
              "softmax_scale_not_1_448", "scale_after_bmm1", "cast_in_block",
              "head_size_out_of_window", "head_size_unknown", "dynamic_seq_len",
-             "output_not_quantized",
+             "output_not_quantized", "output_scales_differ",
              # numeric checks (tests/test_checker_numeric.py)
              "scale_zero", "scale_subnormal", "scale_nonfinite", "scale_negative", "fp8_nan_code",
              "fp16_inf", "initializer_nan"}

