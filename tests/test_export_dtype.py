@@ -201,3 +201,36 @@ def test_a_graph_left_partly_in_float32_is_refused_not_written(tmp_path):
     with pytest.raises(InputError, match=r"should be torch.float16 but holds \d+ tensors of another float dtype.*FLOAT'"):
         qm.export_onnx(tmp_path / "m.onnx")
     assert list(tmp_path.iterdir()) == []
+
+
+
+class Unpatchify(torch.nn.Module):
+    """SD3's last step, einsum("nhwpqc->nchpwq"), reorders dims; `contract` adds an einsum that sums (stays one)."""
+
+    def __init__(self, contract: bool):
+        super().__init__()
+        self.fc = torch.nn.Linear(32, 32)
+        self.contract = contract
+
+    def forward(self, x):  # x: (n, 4, 4, 32) -> 2x2 patches of 8 channels -> (n, 8, 8, 8)
+        y = self.fc(x).reshape(x.shape[0], 4, 4, 2, 2, 8)
+        img = torch.einsum("nhwpqc->nchpwq", y).reshape(x.shape[0], 8, 8, 8)
+        return torch.einsum("nchw,nchw->nc", img, img) if self.contract else img
+
+
+@pytest.mark.parametrize("contract", [False, True])
+def test_permuting_einsum_becomes_a_transpose(contract, tmp_path):
+    """ONNX's Einsum has no BF16 type: a BF16 export holding SD3's unpatchify einsum was invalid."""
+    model = Unpatchify(contract).eval().to(torch.bfloat16)
+    x = torch.randn(2, 4, 4, 32, dtype=torch.bfloat16)
+    qm = fxq.quantize(model, x, [x], progress=False)
+    targets = [n.target for n in qm.program.graph.nodes]
+    assert targets.count(torch.ops.aten.einsum.default) == int(contract)
+    assert torch.ops.aten.permute.default in targets and qm.placement.einsums_to_permute == 1
+    with torch.no_grad():
+        ref, got = model(x).float().flatten(), qm(x).float().flatten()
+    assert torch.nn.functional.cosine_similarity(ref, got, dim=0) > 0.99
+    dtype = torch.float16 if contract else torch.bfloat16  # a contracting einsum has no BF16 ONNX form
+    r = qm.export_onnx(tmp_path / "m.onnx", dtype=dtype)
+    ops = [n.op_type for n in onnx.load(str(r.path)).graph.node]
+    assert (ops.count("Einsum"), "Transpose" in ops) == (int(contract), True)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, fields
 
 from torch.fx import GraphModule, Node
 
+from fxq.capture.einsum import einsum_permutes_to_permute
 from fxq.placement.attention import CASTS, SCALE_OPS, VIEWS, AttentionBlock, find_attention_blocks
 from fxq.graph_utils import aten, constant_scalar, copy_module_stack, depends_on_input, fake_call, hoist_before, \
     shape_of, static_dim
@@ -23,19 +24,21 @@ COUNTS = "fxq_transforms"  # graph_module.meta key: TransformCounts summed over 
 class TransformCounts:
     views_moved_before_softmax: int = 0
     scales_moved_to_q: int = 0
+    einsums_to_permute: int = 0
 
     def __add__(self, other: "TransformCounts") -> "TransformCounts":
         return TransformCounts(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
 
 
 def canonicalize(gm: GraphModule) -> TransformCounts:
-    """Probs views above the softmax, attention scales onto Q, then every site recorded in node meta.
+    """Probs views above the softmax, attention scales onto Q, permuting einsums as permutes, then every site
+    recorded in node meta.
 
     Returns what this run did; gm.meta[COUNTS] keeps the sum over runs (what capture did, for reports).
     """
     views = move_views_before_softmax(gm, find_attention_blocks(gm))
     scales = move_scale_to_q(gm, find_attention_blocks(gm))  # found again: the softmax nodes may be new
-    done = TransformCounts(views, scales)
+    done = TransformCounts(views, scales, einsum_permutes_to_permute(gm))
     gm.meta[COUNTS] = gm.meta.get(COUNTS, TransformCounts()) + done
     record_sites(gm)
     return done
