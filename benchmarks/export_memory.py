@@ -11,6 +11,7 @@ Each side's row is appended to <out>_export.jsonl as soon as it is measured, and
 model, size and device is rewritten from each side's latest row (so the sides may run in separate commands).
 
     python -m benchmarks.export_memory --model flux --full --out $OUT/diffusion_scale.md  # Flux.1-dev 12B, GPU
+    python -m benchmarks.export_memory --model sd3 --full --out $OUT/diffusion_scale.md   # SD3.5-Large 8.1B, GPU
     python -m benchmarks.export_memory --model flux --blocks 1,2        # full width, 1+2 blocks (0.7B), CPU
     python -m benchmarks.export_memory --model vit-l                     # ViT-L/16 in BF16, CPU
     python -m benchmarks.export_memory --model flux --tiny --out /tmp/x.md   # seconds: checks the script
@@ -77,13 +78,13 @@ def build(args):
     torch.set_default_dtype(torch.bfloat16)  # init straight in BF16 (a 12B model's fp32 copy would be 48 GB)
     try:
         with torch.device(args.device):
-            if args.model == "flux":
-                from diffusers import FluxTransformer2DModel
+            if args.model in DIFFUSION:
+                from benchmarks.lower_diffusion import MODELS
+                from benchmarks.lower_diffusion import build as build_transformer
 
-                from benchmarks.lower_diffusion import FLUX, FLUX_SMOKE, flux_inputs
-
-                cfg = FLUX_SMOKE if args.tiny else dict(FLUX, **_blocks(args))
-                model = FluxTransformer2DModel(**cfg).eval()
+                full, smoke, make_inputs = MODELS[args.model]
+                cfg = smoke if args.tiny else dict(full, **_blocks(args))
+                model = build_transformer(args.model, cfg).eval()
             else:
                 import transformers
 
@@ -97,17 +98,20 @@ def build(args):
     finally:
         torch.set_default_dtype(torch.float32)
     # Inputs outside the device and dtype defaults: their generators are on the CPU, Flux's position ids fp32.
-    if args.model == "flux":  # 4096 image + 512 text tokens (1024x1024) at full size, else 64 + 16
-        return model, [flux_inputs(cfg, seed, args.device, smoke=not args.full) for seed in range(3)]
+    if args.model in DIFFUSION:  # 1024x1024 (4096 image tokens) with --full, else few tokens
+        return model, [make_inputs(cfg, seed, args.device, smoke=not args.full) for seed in range(3)]
     side = cfg.image_size
     return model, [{"pixel_values": torch.randn(2, 3, side, side).to(args.device, torch.bfloat16)} for _ in range(3)]
+
+
+DIFFUSION = ("flux", "sd3")
 
 
 def _blocks(args) -> dict:
     if args.full:
         return {}
     double, single = (int(n) for n in args.blocks.split(","))
-    return dict(num_layers=double, num_single_layers=single)
+    return dict(num_layers=double, num_single_layers=single) if args.model == "flux" else dict(num_layers=double)
 
 
 def worker(args, side: str, out: Path) -> dict:
@@ -201,10 +205,12 @@ def write_section(path: Path, key: str, text: str) -> None:
 def main(argv=None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", choices=["flux", "vit-l", "vit-h"], default="flux")
-    ap.add_argument("--full", action="store_true", help="Flux.1-dev's full transformer (19+38 blocks, 11.9B), on CUDA")
+    ap.add_argument("--model", choices=[*DIFFUSION, "vit-l", "vit-h"], default="flux")
+    ap.add_argument("--full", action="store_true", help="the full transformer, on CUDA: Flux.1-dev (19+38 blocks, "
+                    "11.9B) or SD3.5-Large (38 blocks, 8.1B)")
     ap.add_argument("--tiny", action="store_true", help="a tiny config: checks the script in seconds")
-    ap.add_argument("--blocks", default="1,2", help="Flux double,single blocks at full width when not --full")
+    ap.add_argument("--blocks", default="1,2", help="blocks at full width when not --full: Flux double,single; "
+                    "SD3 the first number")
     ap.add_argument("--device", default=None, help="default: cuda for --full, else cpu")
     ap.add_argument("--out", type=Path, default=ROOT / "results" / "diffusion_scale.md")
     ap.add_argument("--tmp", default=None, help="folder for the ONNX files (default: the system's temp folder)")
@@ -219,15 +225,15 @@ def main(argv=None) -> None:
     args.argv = list(argv)
     import torch
 
-    size = "tiny" if args.tiny else "full (11.9B)" if args.full and args.model == "flux" else \
-        f"{args.blocks} blocks at full width" if args.model == "flux" else "full"
+    size = "tiny" if args.tiny else {"flux": "full (11.9B)", "sd3": "full (8.1B)"}.get(args.model, "full") \
+        if args.full or args.model not in DIFFUSION else f"{args.blocks} blocks at full width"
     device = torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or "cpu"
     title = (f"## Export time and host memory: {args.model} ({size}), BF16, random weights\n\n"
              f"{datetime.date.today()}, {device} ({args.device}), {os.cpu_count()} CPU cores, torch {torch.__version__}; "
              f"`python -m benchmarks.export_memory {' '.join(args.argv)}`. Each side in a fresh process; peak RSS "
              "over the export alone. plain = torch.onnx.export(dynamo=True, opset 23, external data) of the BF16 "
              "model; fxq = qm.export_onnx(dtype=bfloat16) of the quantized model, the float model dropped first.\n")
-    size_key = "tiny" if args.tiny else "full" if args.full or args.model != "flux" else args.blocks
+    size_key = "tiny" if args.tiny else "full" if args.full or args.model not in DIFFUSION else args.blocks
     key = f"{args.model}-{size_key}-{args.device}"
     log = args.out.with_name(args.out.stem + "_export.jsonl")  # every row; the table takes each side's latest
     for side in args.sides.split(","):

@@ -1,6 +1,7 @@
 """fxq.lower on diffusion transformers at full size (random weights, BF16, on the GPU): numerics and speed.
 
   flux  Flux.1-dev transformer (11.9B), batch 1 at 1024x1024: 4096 image tokens + 512 text tokens
+  sd3   SD3.5-Large transformer (8.1B), batch 1 at 1024x1024: 4096 image tokens + 333 text tokens
   dit   DiT-XL/2 (675M) at 512x512: 1024 tokens, head dim 72, batch 2 (one classifier-free-guided step)
 2 calibration batches. Writes one JSON line per measurement to --out as it goes (a run cut short keeps what it
 measured): fake-quant vs BF16 cosine; the fake-quant model's own floor (against itself on an input nudged by
@@ -27,6 +28,24 @@ FLUX = dict(num_layers=19, num_single_layers=38, attention_head_dim=128, num_att
 FLUX_SMOKE = dict(num_layers=1, num_single_layers=1, attention_head_dim=128, num_attention_heads=1,
              joint_attention_dim=64, pooled_projection_dim=32, in_channels=16, guidance_embeds=True,
              axes_dims_rope=(16, 56, 56))
+
+
+SD3 = dict(num_layers=38, attention_head_dim=64, num_attention_heads=38, joint_attention_dim=4096,  # SD3.5-Large
+           caption_projection_dim=2432, pooled_projection_dim=2048, in_channels=16, out_channels=16, patch_size=2,
+           sample_size=128, pos_embed_max_size=192, qk_norm="rms_norm")
+SD3_SMOKE = {**SD3, "num_layers": 1, "num_attention_heads": 2, "attention_head_dim": 32, "joint_attention_dim": 64,
+             "caption_projection_dim": 64, "pooled_projection_dim": 32, "sample_size": 16, "pos_embed_max_size": 16}
+
+
+def sd3_inputs(cfg, seed: int, device, smoke: bool) -> dict:
+    """A 1024x1024 latent (128x128x16: 4096 tokens after 2x2 patches) and 77 CLIP + 256 T5 text tokens."""
+    txt = 16 if smoke else 333
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=g).to(device, torch.bfloat16)  # noqa: E731
+    side = cfg["sample_size"]
+    return dict(hidden_states=r(1, cfg["in_channels"], side, side), encoder_hidden_states=r(1, txt, cfg["joint_attention_dim"]),
+                pooled_projections=r(1, cfg["pooled_projection_dim"]),
+                timestep=(1000 * torch.rand(1, generator=g)).to(device, torch.bfloat16), return_dict=False)
 
 
 DIT = dict(num_attention_heads=16, attention_head_dim=72, in_channels=4, out_channels=8, num_layers=28,
@@ -58,10 +77,12 @@ def dit_inputs(cfg, seed: int, device, smoke: bool) -> dict:
 
 def build(name: str, cfg):
     import diffusers
-    return (diffusers.FluxTransformer2DModel if name == "flux" else diffusers.DiTTransformer2DModel)(**cfg)
+    return {"flux": diffusers.FluxTransformer2DModel, "sd3": diffusers.SD3Transformer2DModel,
+            "dit": diffusers.DiTTransformer2DModel}[name](**cfg)
 
 
-MODELS = {"flux": (FLUX, FLUX_SMOKE, flux_inputs), "dit": (DIT, DIT_SMOKE, dit_inputs)}
+MODELS = {"flux": (FLUX, FLUX_SMOKE, flux_inputs), "sd3": (SD3, SD3_SMOKE, sd3_inputs),
+          "dit": (DIT, DIT_SMOKE, dit_inputs)}
 
 
 def main() -> None:

@@ -144,6 +144,7 @@ def run_task(task, args, out_dir: Path, log) -> None:
     from benchmarks.recipe_onnx import FP16_ORT, onnx_rows, subset
 
     t0 = time.perf_counter()
+    task.model.to(args.device)  # the bundle loads on the CPU
     base = A.fp32_baseline(task, args.device)
     doc = {"task": task.name, "model": task.model_name, "info": task.info, "n_test": len(base.correct),
            "n_train": len(task.train_labels), "n_eval": sum(len(next(iter(b.values()))) for b in task.evals),
