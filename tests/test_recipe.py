@@ -3,6 +3,7 @@ import dataclasses
 import json
 
 import numpy as np
+import onnx
 import pytest
 import torch
 
@@ -50,6 +51,17 @@ def test_cli_preset_accurate_writes_per_channel_weights(vit_folder, tmp_path, ca
     assert rc == 0, text
     assert json.loads(calib.read_text())["config"]["weight_axis"] == 0
     assert "attention: 2/2 ready" in text  # per-channel weights cost no TensorRT readiness
+    # Re-exported from the file with no --preset: the file's config applies (per-channel stays per-channel);
+    # an explicit --preset still wins.
+    for extra, per_channel in (([], True), (["--preset", "tensorrt-fp8"], False)):
+        out = tmp_path / f"again{len(extra)}.onnx"
+        assert main(["quantize", str(vit_folder / "model"), "--load-calib", str(calib), "--out", str(out),
+                     "--quiet", *extra]) == 0
+        g = onnx.load(str(out)).graph
+        inits = {t.name: t for t in g.initializer}
+        scales = [inits[n.input[1]] for n in g.node if n.op_type == "DequantizeLinear" and n.input[0] in inits
+                  and inits[n.input[0]].data_type == onnx.TensorProto.FLOAT8E4M3FN]  # the FP8 weights' DQs
+        assert len(scales) == 12 and {int(np.prod(t.dims)) > 1 for t in scales} == {per_channel}
 
 
 def test_flip_metric_counts_changed_predictions():

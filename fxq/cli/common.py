@@ -31,7 +31,8 @@ def add_model_arguments(p: argparse.ArgumentParser):
     src.add_argument("--calib-text", type=Path, metavar="FILE", help="text file, one calibration sentence per line")
     src.add_argument("--calib-synthetic", type=int, metavar="N", help="N random samples (structure checks only)")
     p.add_argument("--config", type=Path, metavar="JSON", help="QuantConfig as JSON (QuantConfig.to_dict format)")
-    p.add_argument("--preset", choices=PRESETS, default="tensorrt-fp8", help="named config (default tensorrt-fp8)")
+    p.add_argument("--preset", choices=PRESETS, default=None,
+                   help="named config (default tensorrt-fp8; with --load-calib, the calibration file's own config)")
     p.add_argument("--batch-size", type=int, default=8, help="calibration batch size (default 8)")
     p.add_argument("--seq-len", type=int, default=64, help="text models: fixed sequence length (default 64)")
     p.add_argument("--attn", choices=["eager", "sdpa"], default="eager", help="attention implementation to load")
@@ -40,10 +41,15 @@ def add_model_arguments(p: argparse.ArgumentParser):
 
 
 def config(args):
-    """The QuantConfig named by --preset, or read from --config."""
+    """The QuantConfig read from --config or named by --preset; with neither, None where --load-calib names a file
+    (fxq.quantize applies the config saved in it: a per-channel calibration stays per-channel), else tensorrt-fp8."""
     from fxq.config import QuantConfig, preset
 
-    return preset(args.preset) if args.config is None else QuantConfig.from_file(args.config)
+    if args.config is not None:
+        return QuantConfig.from_file(args.config)
+    if args.preset is None and getattr(args, "load_calib", None) is not None:
+        return None
+    return preset(args.preset or "tensorrt-fp8")
 
 
 def calibration_items(args) -> list | None:
