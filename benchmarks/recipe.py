@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from benchmarks import accuracy as A
+from benchmarks import accuracy_tasks as T
 from fxq.accuracy.groups import Evaluator, fp8_gemms
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -92,7 +93,7 @@ def quantize_recipe(task, recipe: Recipe, models: dict, base, device, log):
     model = models["centered" if recipe.center_keys else "plain"]
     if recipe.fallback is None:
         return A._quantize(task, model, recipe.config(), device), {}
-    evals = [A._to(b, device) for b in task.evals]
+    evals = [T._to(b, device) for b in task.evals]
     if recipe.fallback == "flip":
         fb = fxq.Fallback(evals, FLIP_BUDGET, metric=flip_metric(base.probe, task.features))
         return A._quantize(task, model, recipe.config(), device, fallback=fb), {"budget": f"{FLIP_BUDGET:.1%} flips"}
@@ -145,7 +146,7 @@ def run_task(task, args, out_dir: Path, log) -> None:
 
     t0 = time.perf_counter()
     task.model.to(args.device)  # the bundle loads on the CPU
-    base = A.fp32_baseline(task, args.device)
+    base = T.fp32_baseline(task, args.device)
     doc = {"task": task.name, "model": task.model_name, "info": task.info, "n_test": len(base.correct),
            "n_train": len(task.train_labels), "n_eval": sum(len(next(iter(b.values()))) for b in task.evals),
            "device": args.device, "onnx_n": args.onnx_n, "rows": {}, "argv": sys.argv[1:], "note": _note(args)}
@@ -158,7 +159,7 @@ def run_task(task, args, out_dir: Path, log) -> None:
         fp16 = correct.get(FP16_ORT)
         for lab, r in doc["rows"].items():  # ONNX rows against plain FP16 ONNX, paired on the same subset
             if "n" in r and fp16 is not None and lab != FP16_ORT and len(correct[lab]) == len(fp16):
-                d = A.paired_delta(correct[lab], fp16, subset(task, base, r["n"])[1].boot)
+                d = T.paired_delta(correct[lab], fp16, subset(task, base, r["n"])[1].boot)
                 r.update({f"vs_{k}": v for k, v in d.items()})
         json_out = json.dumps(doc, indent=1, default=lambda o: o.item() if hasattr(o, "item") else str(o))
         (out_dir / f"recipe_{task.name}.json").write_text(json_out)
@@ -170,8 +171,8 @@ def run_task(task, args, out_dir: Path, log) -> None:
 
     log(f"  FP32 features + probe: {time.perf_counter() - t0:.0f} s")
     models = {"plain": task.model.to(args.device)}
-    centered, n = fxq.center_attention_keys(models["plain"], A._to(task.example, args.device),
-                                            [A._to(b, args.device) for b in task.calib])
+    centered, n = fxq.center_attention_keys(models["plain"], T._to(task.example, args.device),
+                                            [T._to(b, args.device) for b in task.calib])
     models["centered"] = centered
     doc["k_centered"] = n
     qms = {}
@@ -188,7 +189,7 @@ def run_task(task, args, out_dir: Path, log) -> None:
                 log(f"  {recipe.label} failed: {type(e).__name__}: {e}")
                 continue
             qms[recipe.label] = qm
-            row = base.score(A.torch_features(task, qm, task.test, args.device))
+            row = base.score(T.torch_features(task, qm, task.test, args.device))
             add(recipe.label + " torch", row, {**counts(qm), **extra, "seconds": time.perf_counter() - t,
                                                "recipe": dataclasses.asdict(recipe)})
 
@@ -235,17 +236,17 @@ def main(argv=None) -> None:
     ap.add_argument("--save-bundle", type=Path, metavar="DIR", help="write weights + data for --bundle and exit")
     args = ap.parse_args(argv)
     args.recipes = [r.label for r in RECIPES] if args.recipes == "all" else args.recipes.split(";")
-    torch.manual_seed(A.SEED)
+    torch.manual_seed(T.SEED)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     start = args.start = time.perf_counter()
     log = lambda s: print(f"[{time.perf_counter() - start:6.0f} s] {s}", flush=True)  # noqa: E731
     sizes = sizes_of(args)
     for name in args.tasks.split(","):
         if args.save_bundle:
-            A.save_bundle(name, sizes, args.save_bundle)
+            T.save_bundle(name, sizes, args.save_bundle)
             continue
         log(f"{name}: loading")
-        run_task(A.load_task(name, sizes, args.bundle, args.batch), args, args.out_dir, log)
+        run_task(T.load_task(name, sizes, args.bundle, args.batch), args, args.out_dir, log)
 
 
 if __name__ == "__main__":

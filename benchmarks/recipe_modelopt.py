@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks import accuracy as A
+from benchmarks import accuracy_tasks as T
 from benchmarks import recipe as R
 from benchmarks.pipeline_stage import _Positional, fix_modelopt_onnx, modelopt_config
 
@@ -67,21 +67,21 @@ def main(argv=None) -> None:
     for k in ("--n-train", "--n-test", "--n-eval"):
         ap.add_argument(k, type=int)
     args = ap.parse_args(argv)
-    torch.manual_seed(A.SEED)
-    task = A.load_task(args.task, R.sizes_of(args), args.bundle, args.batch)
+    torch.manual_seed(T.SEED)
+    task = T.load_task(args.task, R.sizes_of(args), args.bundle, args.batch)
     model = task.model.to(args.device)
     cfg = modelopt_config()
     t = time.perf_counter()
 
     def forward_loop(m):
         for b in task.calib:
-            m(**A._to(b, args.device))
+            m(**T._to(b, args.device))
 
     model = mtq.quantize(model, cfg, forward_loop)
     info = {"modelopt": modelopt.__version__, "quantize_seconds": time.perf_counter() - t, **what_is_quantized(model),
-            "gemm_fp8_share": gemm_flop_share(model, A._to(task.example, args.device)),
+            "gemm_fp8_share": gemm_flop_share(model, T._to(task.example, args.device)),
             "config": json.dumps(cfg["quant_cfg"][-3:], default=str)}
-    torch.save(A.torch_features(task, model, task.test, args.device), args.out / f"modelopt_features_{args.task}.pt")
+    torch.save(T.torch_features(task, model, task.test, args.device), args.out / f"modelopt_features_{args.task}.pt")
     try:  # its FP16 ONNX (TorchScript exporter, opset 20, as in vs_modelopt), on the CPU
         if args.no_onnx:
             raise RuntimeError("not asked for (--no-onnx)")

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from benchmarks import accuracy as A
+from benchmarks import accuracy_tasks as T
 from onnx_post.checker import check_model
 
 ROWS = ("fxq K centered + per-channel W", "FP16 ONNX, no FP8", "fxq default")  # most important first
@@ -25,8 +26,8 @@ def subset(task, base, n: int):
         batches.append(b)
         k += len(next(iter(b.values())))
     sub = dataclasses.replace(task, test=batches, test_labels=task.test_labels[:k])
-    boot = np.random.default_rng(A.SEED).integers(0, k, size=(A.BOOTSTRAP, k))
-    return sub, A.Baseline(sub, base.probe, base.feats[:k], base.preds[:k], base.correct[:k], boot)
+    boot = np.random.default_rng(T.SEED).integers(0, k, size=(T.BOOTSTRAP, k))
+    return sub, T.Baseline(sub, base.probe, base.feats[:k], base.preds[:k], base.correct[:k], boot)
 
 
 def onnx_row(task, base, qm_or_path, out_dir: Path, n: int) -> dict:
@@ -36,7 +37,7 @@ def onnx_row(task, base, qm_or_path, out_dir: Path, n: int) -> dict:
     if not isinstance(qm_or_path, Path):
         path = out_dir / f"{task.name}_recipe.onnx"
         qm_or_path.export_onnx(path, dtype=torch.float16)
-    row = sub_base.score(A.onnx_features(sub, path, sub.test))
+    row = sub_base.score(T.onnx_features(sub, path, sub.test))
     row["n"] = len(sub.test_labels)
     r = check_model(path)  # what TensorRT would fuse, by fxq's checker
     row["trt_ready"] = (f"GEMMs {sum(g.ready for g in r.gemms)}/{len(r.gemms)}, attention "

@@ -24,7 +24,7 @@ def _ci(r: dict, prefix: str = "") -> str:
 
 def vs_modelopt(doc: dict, correct) -> dict[str, str]:
     """Each fxq row minus ModelOpt's row of the same back end (torch or ONNX), paired on the same items."""
-    from benchmarks.accuracy import BOOTSTRAP, SEED, paired_delta
+    from benchmarks.accuracy_tasks import BOOTSTRAP, SEED, paired_delta
 
     out = {}
     for label in doc["rows"]:

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from benchmarks import accuracy as A
+from benchmarks import accuracy_tasks as T
 from benchmarks import datasets as D
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,7 +41,7 @@ def calibration_batches(model: str, n: int) -> dict:
         task = A.text_task(n_train=n, n_test=1, n_calib=n)
         calib = task.calib
     else:
-        size = 224 if model == "vit_base" else A.IMAGE_SIZE
+        size = 224 if model == "vit_base" else T.IMAGE_SIZE
         images, _ = D.fashion_mnist("train", n)
         calib = [{"pixel_values": D.fashion_mnist_pixels(c, size)} for c in A._chunks(images, 32)]
     return {"example": {k: v[:2] for k, v in calib[0].items()}, "calib": calib}
@@ -82,8 +83,8 @@ def onnx_accuracy(task_name: str, files: dict, sizes: tuple) -> dict:
     """Probe on FP32 features, then each ONNX file's features of the same test samples."""
     from fxq.verify import onnx_session
 
-    task = A.load_task(task_name, {task_name: sizes})
-    base = A.fp32_baseline(task)
+    task = T.load_task(task_name, {task_name: sizes})
+    base = T.fp32_baseline(task)
     out = {"n_test": len(task.test_labels), "n_train": len(task.train_labels), "fp32": base.acc, "notes": []}
     for tool, path in files.items():
         try:
@@ -99,7 +100,7 @@ def onnx_accuracy(task_name: str, files: dict, sizes: tuple) -> dict:
                    for s in (onnx_session(path), onnx_session(path, optimize=False)))
         if not torch.allclose(on, off, atol=5e-2):
             out["notes"].append(f"{tool}: ORT optimized vs unoptimized differ (max {(on - off).abs().max():.3g})")
-        out[tool] = base.score(A.onnx_features(task, path, task.test))
+        out[tool] = base.score(T.onnx_features(task, path, task.test))
     return out
 
 

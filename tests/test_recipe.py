@@ -80,17 +80,17 @@ def test_flip_metric_counts_changed_predictions():
 
 
 def test_subset_scores_only_the_first_batches():
-    from benchmarks import accuracy as A
+    from benchmarks import accuracy_tasks as T
     from benchmarks.recipe_onnx import subset
 
     labels = torch.arange(10) % 2
     batches = [{"x": torch.zeros(4, 1)}, {"x": torch.zeros(4, 1)}, {"x": torch.zeros(2, 1)}]
-    task = A.Task("t", "m", None, [], batches, [], [], labels, labels, None)
+    task = T.Task("t", "m", None, [], batches, [], [], labels, labels, None)
     correct = np.array([1, 0] * 5, dtype=np.float64)
-    base = A.Baseline(task, None, torch.zeros(10, 1), labels.numpy(), correct, np.zeros((3, 10), dtype=int))
+    base = T.Baseline(task, None, torch.zeros(10, 1), labels.numpy(), correct, np.zeros((3, 10), dtype=int))
     sub, sub_base = subset(task, base, 5)  # whole batches: 8 items
     assert len(sub.test) == 2 and len(sub.test_labels) == 8 and sub_base.correct.shape == (8,)
-    assert sub_base.boot.shape == (A.BOOTSTRAP, 8) and sub_base.boot.max() < 8
+    assert sub_base.boot.shape == (T.BOOTSTRAP, 8) and sub_base.boot.max() < 8
 
 
 @pytest.mark.parametrize("config,words", [
