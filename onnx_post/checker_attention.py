@@ -58,7 +58,7 @@ def check_attention(gi: GraphIndex, blk: AttentionBlock) -> AttentionRow:
         flag("dynamic_seq_len", f"sequence dim {seq[0]!r}")
 
     # BMM2 output -> (views, a split into token ranges, a concat) -> QuantizeLinear -> DequantizeLinear on every
-    # branch, at one scale: TensorRT moves a Q back through such ops, so equal Qs make one FP8 output of the block.
+    # branch, at one scale: these ops only move data, so equal Qs after them are one Q on the block's output.
     quants, ends, path = output_quantizers(gi, blk.bmm2.output[0])
     unpaired = [q for q in quants if not any(c.op_type == "DequantizeLinear" for c in gi.consumers.get(q.output[0], []))]
     if ends or unpaired or not quants:

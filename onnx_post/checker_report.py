@@ -57,8 +57,8 @@ REASONS: dict[str, str] = {
                             "(through Transpose/Reshape, a Split/Slice into token ranges or a Concat) before the "
                             "next GEMM.",
     "output_scales_differ": "BMM2's output is split into branches (a joint text+image attention) whose "
-                            "QuantizeLinear scales differ; TensorRT can quantize the block's output once only "
-                            "where they are equal (fxq ties them).",
+                            "QuantizeLinear scales differ; the block's output is one Q/DQ, as TensorRT's FP8 MHA "
+                            "pattern wants, only where they are equal (fxq ties them).",
     # values (onnx_post/checker_numeric.py): structurally fine, numerically broken
     **NUMERIC_REASONS,
 }

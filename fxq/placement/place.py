@@ -98,8 +98,8 @@ class Placement:
     attention_blocks: int = 0
     convs: int = 0
     # Activation sites that share one scale (the largest amax): the O-projection inputs of one attention block
-    # whose output is split by token range (a joint text+image attention, as in Flux or SD3). TensorRT moves a
-    # Q back through the split; equal scales let it quantize BMM2's output once, as its FP8 MHA fusion wants.
+    # whose output is split by token range (a joint text+image attention, as in Flux or SD3). A split only moves
+    # data: equal scales make the branch Qs one Q on BMM2's output, where TensorRT's FP8 MHA pattern wants it.
     tied: list[tuple[str, ...]] = field(default_factory=list)
     scales_moved_to_q: int = 0  # what capture's transforms did (fxq.capture.transforms.TransformCounts)
     views_moved_before_softmax: int = 0
