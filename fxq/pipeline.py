@@ -212,7 +212,6 @@ def calibrate(ep: torch.export.ExportedProgram, placement: Placement, req: Reque
         if saved is None:
             amax, batches = {k: o.result() for k, o in observers.items()}, seen
     release_free_memory()  # the calibration activations: otherwise they add to the export's peak
-    amax = tie_amax(amax, placement)  # a split attention output's O-projection inputs share one scale
     amax.update(weight_amax(ep, placement))
     layouts = {k: rs[0].transposed for k, rs in weight_readers(gm, placement).items()}
     codes = ChosenCodes(codes_chooser(cfg, layouts, weight_hessians(hessians) if gptq else None))
@@ -224,7 +223,7 @@ def calibrate(ep: torch.export.ExportedProgram, placement: Placement, req: Reque
 
 def fallback_search(cal: Calibrated, fallback: Fallback, progress: bool) -> tuple[Calibrated, FallbackPlan]:
     """Search on the fake-quant view of the calibrated program, then place again without what it chose."""
-    view = fake_quant_view(cal.program, cal.placement, cal.calibration.amax, cal.codes)
+    view = fake_quant_view(cal.program, cal.placement, tie_amax(cal.calibration.amax, cal.placement), cal.codes)
     evaluator = Evaluator(cal.program.module(), view.module, fallback.eval_data, fallback.metric)
     plan = search(view, evaluator, cal.placement, fallback, progress)
     del view, evaluator
@@ -247,7 +246,7 @@ def place_again(cal: Calibrated, plan: FallbackPlan) -> Calibrated:
 
 def convert(cal: Calibrated) -> None:
     """fp8_qdq on every activation site, FP8 codes for every weight, state copied from the source model."""
-    ep, amax = cal.program, cal.calibration.amax
+    ep, amax = cal.program, tie_amax(cal.calibration.amax, cal.placement)  # the calibration keeps each site's own
     insert_qdq(ep.graph_module, cal.placement, amax)
     quantize_weights(ep, cal.placement, amax, cal.codes)
     own_state(ep)

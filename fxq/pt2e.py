@@ -31,17 +31,27 @@ class FxqObserver(ObserverBase):
     """A torchao observer wrapping fxq's amax/percentile observers; converts to fxq.fp8_qdq."""
 
     def __init__(self, key: str = "", spec: TensorSpec = TensorSpec(), fixed_amax: float | None = None,
-                 is_weight: bool = False, dtype=ops.FP8_DTYPE, **_):
+                 is_weight: bool = False, dtype=ops.FP8_DTYPE, tied: tuple[str, ...] = (), peers: dict | None = None,
+                 **_):
         super().__init__(dtype=dtype)
         self.key, self.fixed_amax = key, fixed_amax
         # Weights always use max: clipping weights only loses accuracy.
         self.inner = make_observer(key, TensorSpec() if is_weight else spec)
+        # Placement.tied: this site's scale is its group's (the largest amax); `peers` (one dict per annotate)
+        # finds the group's other observers.
+        self.tied, self.peers = tied, peers
+        if peers is not None:
+            peers[key] = self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x if self.fixed_amax is not None else self.inner(x)
 
     def amax(self) -> float:
-        return self.fixed_amax if self.fixed_amax is not None else self.inner.result()
+        if self.fixed_amax is not None:
+            return self.fixed_amax
+        if self.tied and self.peers is not None:
+            return max(self.peers[k].inner.result() for k in self.tied if k in self.peers)
+        return self.inner.result()
 
     def calculate_qparams(self):
         return torch.tensor([ops.scale_from_amax(self.amax())]), torch.tensor([0])
@@ -73,10 +83,12 @@ class FxqQuantizer(Quantizer):
     def annotate(self, model: GraphModule) -> GraphModule:
         self.placement = place(model, self.config)
         nodes = {n.name: n for n in model.graph.nodes}
+        tied_with = {k: group for group in self.placement.tied for k in group}
+        peers: dict = {}
         for site in self.placement.sites:
             producer = nodes[site.node]
             ctr = FxqObserver.with_args(key=site.key, spec=site.spec, fixed_amax=site.fixed_amax,
-                                        is_weight=site.is_weight)
+                                        is_weight=site.is_weight, tied=tied_with.get(site.key, ()), peers=peers)
             spec = QuantizationSpec(dtype=ops.FP8_DTYPE, observer_or_fake_quant_ctr=ctr)
             first = nodes[site.consumers[0]]
             for i, name in enumerate(site.consumers):

@@ -85,6 +85,7 @@ def _has_fp8(reasons: list[str]) -> bool:
 
 
 OUTPUT_THROUGH = {"Transpose", "Reshape", "Cast", "Identity", "Split", "Slice", "Concat", "Squeeze", "Unsqueeze"}
+_SHAPE_ONLY = {"Shape", "Size"}
 
 
 def output_quantizers(gi: GraphIndex, start: str):
@@ -100,6 +101,8 @@ def output_quantizers(gi: GraphIndex, start: str):
         if not readers:
             ends.add("graph output")
         for c in readers:
+            if c.op_type in _SHAPE_ONLY or (c.op_type in OUTPUT_THROUGH - {"Concat"} and c.input[0] != name):
+                continue  # reads only the shape, or takes the tensor as a Reshape/Slice shape operand
             if c.op_type == "QuantizeLinear":
                 quants.append(c)
             elif c.op_type in OUTPUT_THROUGH and len(path) < 4 * MAX_STEPS:

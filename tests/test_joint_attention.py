@@ -11,7 +11,11 @@ import torch.nn.functional as F
 from onnx import helper
 from torch import nn
 
+from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
 import fxq
+from fxq.conversion import ops
+from fxq.pt2e import FxqQuantizer, qdq_sites
 from onnx_post.checker import check_model
 from tests.test_checker import Builder
 
@@ -21,13 +25,17 @@ def joint_output_model(branches: str, head=32, heads=2, txt=8, img=16):
     """An FP8 MHA block whose output (B, txt+img, heads*head) is split by token range (or concatenated with
     another tensor) before its O-projections. branches: 'equal' / 'differ' (the two branch Q scales),
     'one_float' (one branch reaches its GEMM unquantized), 'concat' (Flux's single block: cat with an MLP
-    output, one Q after the concat)."""
+    output, one Q after the concat), 'shape_read' (no split; a Shape of the output builds the Reshape target)."""
     b = Builder()
     seq, width = txt + img, heads * head
     q, k, v = (b.input(n, ["B", heads, seq, head]) for n in ("q", "k", "v"))
     s = b.op("MatMul", [b.qdq(q), b.qdq(b.op("Transpose", [k], perm=[0, 1, 3, 2]))])
     p = b.qdq(b.op("Softmax", [s], axis=-1), scale=1 / 448)
     o = b.op("Transpose", [b.op("MatMul", [p, b.qdq(v)])], perm=[0, 2, 1, 3])
+    if branches == "shape_read":  # HF's view(x.size()[:-2] + ...): a Shape of the output feeds the Reshape target
+        dims = b.op("Slice", [b.op("Shape", [o]), b.const(np.array([0], np.int64)), b.const(np.array([2], np.int64))])
+        target = b.op("Concat", [dims, b.const(np.array([width], np.int64))], axis=0)
+        return b.model(b.op("MatMul", [b.qdq(b.op("Reshape", [o, target])), b.fp8_weight((width, 64))]))
     o = b.op("Reshape", [o, b.const(np.array([0, 0, width], np.int64))])
     if branches == "concat":
         mlp = b.input("mlp", ["B", seq, width])
@@ -49,6 +57,7 @@ def joint_output_model(branches: str, head=32, heads=2, txt=8, img=16):
     ("concat", []),
     ("differ", ["output_scales_differ"]),
     ("one_float", ["output_not_quantized"]),
+    ("shape_read", []),
 ])
 def test_checker_follows_a_split_or_concat_attention_output(branches, reasons):
     rep = check_model(joint_output_model(branches))
@@ -93,26 +102,54 @@ def joint():
     return model, batches, qm
 
 
+def _ranges(model, batches) -> dict[str, float]:
+    """The largest |input| of each O-projection over the calibration batches, on the float model."""
+    seen = {"out_img": [], "out_txt": []}
+    hooks = [getattr(model, n).register_forward_hook(lambda m, a, out, n=n: seen[n].append(a[0].abs().max()))
+             for n in seen]
+    with torch.no_grad():
+        for batch in batches:
+            model(**batch)
+    for h in hooks:
+        h.remove()
+    return {n: float(max(v)) for n, v in seen.items()}
+
+
 def test_split_attention_output_shares_one_scale(joint):
     model, batches, qm = joint
-    p = qm.placement
-    (tied,) = p.tied
+    (tied,) = qm.placement.tied
     assert sorted(tied) == ["out_img:linear.input", "out_txt:linear.input"]
-    amax = qm.calibration.amax
-    assert amax[tied[0]] == amax[tied[1]] > 0
-    # The shared scale is the larger of the two ranges, measured on the float model.
-    with torch.no_grad():
-        ranges = []
-        for name in ("out_img", "out_txt"):
-            seen = []
-            hook = getattr(model, name).register_forward_hook(lambda m, a, out, seen=seen: seen.append(a[0].abs().max()))
-            for batch in batches[1:]:
-                model(**batch)
-            hook.remove()
-            ranges.append(float(max(seen)))
-    assert max(ranges) > 2 * min(ranges)  # the test means something: the two ranges are far apart
-    assert amax[tied[0]] == pytest.approx(max(ranges), rel=1e-3)
+    ranges = _ranges(model, batches[1:])
+    assert ranges["out_txt"] > 2 * ranges["out_img"]  # the test means something: the two ranges are far apart
+    # The calibration keeps each site's own amax; the graph's scale is the larger one for both.
+    assert qm.amax["out_img:linear.input"] == pytest.approx(ranges["out_img"], rel=1e-3)
+    assert qm.amax["out_txt:linear.input"] == pytest.approx(ranges["out_txt"], rel=1e-3)
+    scales = qdq_sites(qm.graph_module)
+    assert scales["out_img:linear.input"] == scales["out_txt:linear.input"] == \
+        pytest.approx(ops.scale_from_amax(ranges["out_txt"]), rel=1e-6)
     assert "1 split attention outputs: their O-projection inputs share one scale" in qm.report().summary()
+
+
+def test_no_tie_once_one_projection_falls_back_or_attention_is_float(joint):
+    model, batches, qm = joint
+    fell_back = fxq.quantize(model, batches[0], None, fxq.QuantConfig(fallback=("out_txt:gemm",)),
+                             calibration=qm.calibration, progress=False)  # the same calibration
+    assert fell_back.placement.tied == []
+    assert qdq_sites(fell_back.graph_module)["out_img:linear.input"] == \
+        pytest.approx(ops.scale_from_amax(qm.amax["out_img:linear.input"]), rel=1e-6)  # its own range again
+    gemm_only = fxq.quantize(model, batches[0], batches[1:], fxq.preset("gemm-only"), progress=False)
+    assert gemm_only.placement.tied == [] and gemm_only.placement.count("linear.input") == 4
+
+
+def test_pt2e_ties_the_same_sites_at_the_same_scales(joint):
+    model, batches, qm = joint
+    prepared = prepare_pt2e(fxq.capture(model, batches[0], dynamic_batch=True), FxqQuantizer())
+    for batch in batches[1:]:
+        prepared(**batch)
+    ours, theirs = qdq_sites(qm.graph_module), qdq_sites(convert_pt2e(prepared, fold_quantize=False))
+    assert ours.keys() == theirs.keys()
+    for k in ours:
+        assert theirs[k] == pytest.approx(ours[k], rel=1e-6), k
 
 
 def test_split_attention_output_is_ready_in_the_onnx(joint, tmp_path):

@@ -36,9 +36,10 @@ def canonicalize(gm: GraphModule) -> TransformCounts:
 
     Returns what this run did; gm.meta[COUNTS] keeps the sum over runs (what capture did, for reports).
     """
+    permutes = einsum_permutes_to_permute(gm)  # first: an einsum-written K^T or head merge is then a permute
     views = move_views_before_softmax(gm, find_attention_blocks(gm))
     scales = move_scale_to_q(gm, find_attention_blocks(gm))  # found again: the softmax nodes may be new
-    done = TransformCounts(views, scales, einsum_permutes_to_permute(gm))
+    done = TransformCounts(views, scales, permutes)
     gm.meta[COUNTS] = gm.meta.get(COUNTS, TransformCounts()) + done
     record_sites(gm)
     return done

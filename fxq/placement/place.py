@@ -97,9 +97,11 @@ class Placement:
     gemms: int = 0
     attention_blocks: int = 0
     convs: int = 0
-    # Activation sites that share one scale (the largest amax): the O-projection inputs of one attention block
+    # Activation sites that share one scale (the largest amax): the O-projection inputs of one FP8 attention block
     # whose output is split by token range (a joint text+image attention, as in Flux or SD3). A split only moves
     # data: equal scales make the branch Qs one Q on BMM2's output, where TensorRT's FP8 MHA pattern wants it.
+    # The calibration keeps each site's own amax; tie_amax applies the tie where scales are made, against the
+    # placement of the moment (a fallback that floats one O-projection unties the other).
     tied: list[tuple[str, ...]] = field(default_factory=list)
     scales_moved_to_q: int = 0  # what capture's transforms did (fxq.capture.transforms.TransformCounts)
     views_moved_before_softmax: int = 0
@@ -157,7 +159,7 @@ def _reads_attention_output(x: Node, bmm2s: set[Node], depth: int = 6) -> bool:
 _SPLIT_PATH = {aten.permute.default, aten.transpose.int, aten.view.default, aten.reshape.default,
                aten._unsafe_view.default, aten.clone.default, aten.contiguous.default, aten.alias.default,
                aten.split.Tensor, aten.split_with_sizes.default, aten.slice.Tensor, aten.narrow.default,
-               operator.getitem}
+               aten.squeeze.dim, aten.unsqueeze.default, operator.getitem}
 
 
 def _attention_output_of(x: Node, bmm2s: set[Node], depth: int = 12) -> Node | None:
@@ -172,8 +174,10 @@ def _attention_output_of(x: Node, bmm2s: set[Node], depth: int = 12) -> Node | N
 
 
 def _tied_sites(gm: GraphModule, sites: list[Site]) -> list[tuple[str, ...]]:
-    """Groups of O-projection input sites that read one BMM2 through a split (see Placement.tied)."""
-    bmm2s = {b.bmm2 for b in recorded_blocks(gm)}
+    """Groups of O-projection input sites that read one FP8 attention block's BMM2 through a split (see
+    Placement.tied). A block left in float (head size, fallback, a config without attention roles) ties nothing."""
+    fp8_bmm2 = {c for s in sites if s.role == R.ATTN_PROBS for c in s.consumers}
+    bmm2s = {b.bmm2 for b in recorded_blocks(gm) if b.bmm2.name in fp8_bmm2}
     nodes = {n.name: n for n in gm.graph.nodes}
     by_block: dict[Node, list[str]] = {}
     for s in sites:
