@@ -62,6 +62,27 @@ def test_prefix_runs_equal_full_forwards_bit_for_bit(sensitive_a, budget):
     assert fast.measure([]) == full.measure([])  # back to all FP8: differs from the base at a:attention
 
 
+def test_a_kept_measurement_makes_its_rebase_free_and_exact(sensitive_a):
+    """The greedy rebases to the set it measured last: keep=True holds that run's checkpoints and the rebase
+    adopts them instead of running the pass again, with the same numbers after as a rebase that ran it."""
+    full, fast, ids = _both(*sensitive_a)
+    _, slow, _ = _both(*sensitive_a)
+    chosen = ["a:attention"]
+    assert fast.measure(chosen, keep=True) == slow.measure(chosen) == full.measure(chosen)
+    before = fast.runner.nodes_run
+    fast.rebase(chosen)
+    assert fast.runner.nodes_run == before  # no pass ran
+    slow.rebase(chosen)
+    assert slow.runner.nodes_run > before  # the usual rebase runs one
+    for g in ids:
+        if g not in chosen:
+            assert fast.measure(chosen + [g]) == slow.measure(chosen + [g]) == full.measure(chosen + [g]), g
+    fast.measure(["b:attention"], keep=True)  # kept for another set than the next rebase's: not adopted
+    fast.rebase(["a:attention", "b.fc1:gemm"])
+    assert fast.measure(["a:attention", "b.fc1:gemm", "b.q:gemm"]) == \
+        full.measure(["a:attention", "b.fc1:gemm", "b.q:gemm"])
+
+
 def test_prefix_runs_with_keyword_inputs_and_masks():
     torch.manual_seed(0)
     batches = [bert_inputs(2, 16) for _ in range(2)]

@@ -120,7 +120,8 @@ def search(view: FakeQuantView, evaluator: Evaluator, placement: Placement, fall
     chosen: list[str] = []
 
     def measure(floated: list[str], batches=None, alone: bool = False) -> float:
-        value = groups.measure_alone(floated, batches) if alone else groups.measure(floated, batches)
+        # a set measured on top of the base may become the next base: keep its checkpoints for the rebase
+        value = groups.measure_alone(floated, batches) if alone else groups.measure(floated, batches, keep=True)
         bar.update(1)
         bar.set_postfix(metric=f"{current:.3g}", budget=f"{fallback.max_error:.3g}", fp16=len(chosen))
         return value

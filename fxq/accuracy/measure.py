@@ -35,6 +35,9 @@ class GroupMeasure:
         self.base: frozenset[str] = frozenset()
         self.n_batches = len(evaluator.batches)
         self.runner = None
+        # (floated set, checkpoints per batch) of the last measure(..., keep=True): a rebase to that set adopts them
+        # instead of running the pass again. One such set at most is held beside the base's.
+        self.kept: tuple[frozenset[str], list[dict]] | None = None
         t = time.perf_counter()
         if not exhaustive:
             budget = memory_budget if memory_budget is not None else free_memory_budget(evaluator.batches)
@@ -45,9 +48,20 @@ class GroupMeasure:
         self.baseline = self.measure(())  # prefix path: from the last checkpoint, the base pass just ran
         self.full_seconds = self.runner.full_seconds if self.runner else time.perf_counter() - t
 
-    def measure(self, floated: Iterable[str], batches: Sequence[int] | None = None) -> float:
-        """The metric over eval batches `batches` (default: all) with `floated` in float."""
-        return self._measure(frozenset(floated), batches)
+    def measure(self, floated: Iterable[str], batches: Sequence[int] | None = None, keep: bool = False) -> float:
+        """The metric over eval batches `batches` (default: all) with `floated` in float. keep: hold this run's
+        checkpoints, so that rebase(floated) next costs nothing (the fallback's greedy rebases to the set it
+        measured last)."""
+        floated = frozenset(floated)
+        if not keep or self.runner is None or batches is not None:
+            return self._measure(floated, batches)
+        self.kept = None  # free the previous ones first
+        kept = [{} for _ in range(self.n_batches)]
+        with self._floated(floated):
+            start = self.start(floated)
+            value = self.evaluator.measure(lambda i: self.runner.run(i, start, save_to=kept[i]))
+        self.kept = (floated, kept)
+        return value
 
     def measure_alone(self, floated: Iterable[str], batches: Sequence[int] | None = None) -> float:
         """measure(floated, batches), from the all-FP8 activations whatever the base is now."""
@@ -64,7 +78,11 @@ class GroupMeasure:
         """Make `floated` the base: later sets are measured from its activations (one pass from where it
         differs from the old base; nothing to do on the exhaustive path)."""
         floated = frozenset(floated)
-        if self.runner is not None and floated != self.base:
+        kept, self.kept = self.kept, None
+        if kept is not None and kept[0] == floated and self.runner is not None:
+            for saved, new in zip(self.runner.saved, kept[1]):
+                saved.update(new)  # the checkpoints past where floated differs; those before are the base's
+        elif self.runner is not None and floated != self.base:
             start = self.start(floated)
             with self._floated(floated), torch.no_grad():
                 for i in range(self.n_batches):

@@ -67,18 +67,20 @@ class PrefixRunner:
         share = (n_batches or len(self.batches)) / len(self.batches)
         return share * (self.full_seconds - self.seconds_at.get(self.start_for(position), 0.0))
 
-    def run(self, index: int, position: int, rebase: bool = False):
+    def run(self, index: int, position: int, rebase: bool = False, save_to: dict | None = None):
         """The output of batch `index`, computing only from the checkpoint at or before `position`.
 
-        rebase: the graph as it is now becomes the base; the checkpoints after the start are saved again."""
+        rebase: the graph as it is now becomes the base; the checkpoints after the start are saved again.
+        save_to: those checkpoints go to this dict instead, the base untouched (a later rebase may adopt them)."""
         start = self.start_for(position)
         env = {**self.attrs, **self.saved[index].get(start, {})}  # state is read where it is, never saved
-        keep = [p for p in self.checkpoints if p > start] if rebase else []
+        keep = [p for p in self.checkpoints if p > start] if rebase or save_to is not None else []
         self.nodes_run += len(self.nodes) - start
-        return self._execute(index, start, env, keep)
+        return self._execute(index, start, env, keep, saved=save_to)
 
-    def _execute(self, index: int, start: int, env: dict, keep: list[int], clock: Callable | None = None):
-        saved, keep = self.saved[index], list(keep)
+    def _execute(self, index: int, start: int, env: dict, keep: list[int], clock: Callable | None = None,
+                 saved: dict | None = None):
+        saved, keep = self.saved[index] if saved is None else saved, list(keep)
         for i in range(start, len(self.nodes)):
             if keep and keep[0] == i:
                 saved[keep.pop(0)] = {n: env[n] for n in self.live_at[i]}
