@@ -18,7 +18,8 @@ from fxq.accuracy.groups import Evaluator, GroupEdges, Switch
 from fxq.accuracy.prefix import PrefixRunner
 from fxq.conversion.fake_quant_view import FakeQuantView
 
-MEMORY_SHARE = 0.25  # of the free memory on the eval device, at most, for cached activations
+MEMORY_SHARE = 0.25  # of the free memory on the eval device, at most, for the base's and the all-FP8 cached
+# activations; a kept measurement (measure(..., keep=True)) may hold as much again as the base's half
 
 
 class GroupMeasure:
