@@ -34,7 +34,7 @@ from fxq.conversion.insert import WeightCodes, insert_observers, insert_qdq, own
 from fxq.memory import release_free_memory
 from fxq.drop_in import Source
 from fxq.model import QuantizedModel
-from fxq.placement.place import Placement, Site, place, tie_amax
+from fxq.placement.place import Placement, Site, place
 from fxq.report import warn_if_nothing_to_do
 from fxq.conversion.weight_codes import codes_chooser
 
@@ -223,7 +223,7 @@ def calibrate(ep: torch.export.ExportedProgram, placement: Placement, req: Reque
 
 def fallback_search(cal: Calibrated, fallback: Fallback, progress: bool) -> tuple[Calibrated, FallbackPlan]:
     """Search on the fake-quant view of the calibrated program, then place again without what it chose."""
-    view = fake_quant_view(cal.program, cal.placement, tie_amax(cal.calibration.amax, cal.placement), cal.codes)
+    view = fake_quant_view(cal.program, cal.placement, cal.calibration.amax, cal.codes)
     evaluator = Evaluator(cal.program.module(), view.module, fallback.eval_data, fallback.metric)
     plan = search(view, evaluator, cal.placement, fallback, progress)
     del view, evaluator
@@ -246,7 +246,7 @@ def place_again(cal: Calibrated, plan: FallbackPlan) -> Calibrated:
 
 def convert(cal: Calibrated) -> None:
     """fp8_qdq on every activation site, FP8 codes for every weight, state copied from the source model."""
-    ep, amax = cal.program, tie_amax(cal.calibration.amax, cal.placement)  # the calibration keeps each site's own
+    ep, amax = cal.program, cal.calibration.amax
     insert_qdq(ep.graph_module, cal.placement, amax)
     quantize_weights(ep, cal.placement, amax, cal.codes)
     own_state(ep)

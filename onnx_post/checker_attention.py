@@ -60,7 +60,8 @@ def check_attention(gi: GraphIndex, blk: AttentionBlock) -> AttentionRow:
     # BMM2 output -> (views, a split into token ranges, a concat) -> QuantizeLinear -> DequantizeLinear on every
     # branch, at one scale: these ops only move data, so equal Qs after them are one Q on the block's output.
     quants, ends, path = output_quantizers(gi, blk.bmm2.output[0])
-    unpaired = [q for q in quants if not any(c.op_type == "DequantizeLinear" for c in gi.consumers.get(q.output[0], []))]
+    unpaired = [q for q in quants
+                if not any(c.op_type == "DequantizeLinear" for c in gi.consumers.get(q.output[0], []))]
     if ends or unpaired or not quants:
         flag("output_not_quantized", f"output: to {','.join(sorted(ends)) or 'graph output'}")
     elif len({_scale_key(gi, q) for q in quants}) > 1:
@@ -110,7 +111,7 @@ def output_quantizers(gi: GraphIndex, start: str):
                 stack.extend(o for o in c.output if o)
             else:
                 ends.add(c.op_type)
-    return list({id(q): q for q in quants}.values()), ends, path
+    return quants, ends, path  # a Q has one data input, so each is reached once
 
 
 def _scale_key(gi: GraphIndex, q) -> tuple:

@@ -58,9 +58,7 @@ class GroupMeasure:
             return self._measure(floated, batches)
         self.kept = None  # free the previous ones first
         kept = [{} for _ in range(self.n_batches)]
-        with self._floated(floated):
-            start = self.start(floated)
-            value = self.evaluator.measure(lambda i: self.runner.run(i, start, save_to=kept[i]))
+        value = self._measure(floated, None, kept)
         self.kept = (floated, kept)
         return value
 
@@ -90,12 +88,14 @@ class GroupMeasure:
                     self.runner.run(i, start, rebase=True)
         self.base = floated
 
-    def _measure(self, floated: frozenset[str], batches) -> float:
+    def _measure(self, floated: frozenset[str], batches, kept: list[dict] | None = None) -> float:
+        """kept: a dict per eval batch that receives the run's checkpoints (the base's stay as they are)."""
         with self._floated(floated):
             if self.runner is None:
                 return self.evaluator.measure(indices=batches)
             start = self.start(floated)
-            return self.evaluator.measure(lambda i: self.runner.run(i, start), batches)
+            return self.evaluator.measure(
+                lambda i: self.runner.run(i, start, save_to=None if kept is None else kept[i]), batches)
 
     def _floated(self, floated: frozenset[str]):
         return self.switch.floated([e for g in sorted(floated) for e in self.edges[g]])

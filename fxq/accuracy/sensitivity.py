@@ -17,7 +17,6 @@ from dataclasses import asdict, dataclass, field
 from tqdm.auto import tqdm
 
 from fxq.conversion.fake_quant_view import fake_quant_view
-from fxq.placement.place import tie_amax
 from fxq.accuracy.groups import Evaluator, GroupEdges, group_edges
 from fxq.accuracy.measure import GroupMeasure, minutes
 from fxq.pipeline import Request, StageClock, calibrated
@@ -134,7 +133,7 @@ def sensitivity(model, example_inputs, calib_data, eval_data, *, config=None, me
     t0 = time.perf_counter()
     cal = calibrated(Request.check(model, example_inputs, calib_data, config, calibration, progress=progress),
                      StageClock())
-    view = fake_quant_view(cal.program, cal.placement, tie_amax(cal.calibration.amax, cal.placement), cal.codes)
+    view = fake_quant_view(cal.program, cal.placement, cal.calibration.amax, cal.codes)
     evaluator = Evaluator(cal.program.module(), view.module, eval_data, metric)
     groups = group_edges(view.module, cal.placement)
     measure = GroupMeasure(view, evaluator, groups, exhaustive=exhaustive)

@@ -100,8 +100,9 @@ class Placement:
     # Activation sites that share one scale (the largest amax): the O-projection inputs of one FP8 attention block
     # whose output is split by token range (a joint text+image attention, as in Flux or SD3). A split only moves
     # data: equal scales make the branch Qs one Q on BMM2's output, where TensorRT's FP8 MHA pattern wants it.
-    # The calibration keeps each site's own amax; tie_amax applies the tie where scales are made, against the
-    # placement of the moment (a fallback that floats one O-projection unties the other).
+    # The calibration keeps each site's own amax; insert_qdq (fxq/conversion/insert.py) applies the tie where
+    # activation scales are made, against the placement of the moment (a fallback that floats one O-projection
+    # unties the other).
     tied: list[tuple[str, ...]] = field(default_factory=list)
     scales_moved_to_q: int = 0  # what capture's transforms did (fxq.capture.transforms.TransformCounts)
     views_moved_before_softmax: int = 0
