@@ -11,7 +11,8 @@ from fxq.calibration.io import Calibration
 from fxq.capture.program import Inputs
 from fxq.config import QuantConfig
 from fxq.drop_in import Source
-from fxq.placement.place import Placement, tie_amax
+from fxq.placement.place import Placement
+from fxq.placement.tied import tie_amax
 from fxq.report import Report
 
 if TYPE_CHECKING:
@@ -107,7 +108,7 @@ class QuantizedModel(torch.nn.Module):
         return self
 
     def report(self) -> Report:
-        return Report(self.placement, tie_amax(self.amax, self.placement), self.fallback_gains)
+        return Report(self.placement, tie_amax(self.amax, self.placement.tied), self.fallback_gains)
 
     def save_calibration(self, path) -> None:
         self.calibration.save(path)

@@ -15,7 +15,8 @@ from torch.fx import GraphModule, Node
 from fxq.conversion import ops
 from fxq.graph_utils import copy_module_stack, fake_call, state_name
 from fxq.calibration.observers import AmaxObserver, make_observer
-from fxq.placement.place import Placement, Site, tie_amax
+from fxq.placement.place import Placement, Site
+from fxq.placement.tied import tie_amax
 
 QDQ = torch.ops.fxq.fp8_qdq.default
 DEQUANT = torch.ops.fxq.fp8_dequant.default
@@ -101,7 +102,7 @@ def weight_amax(ep: torch.export.ExportedProgram, placement: Placement) -> dict[
 def insert_qdq(gm: GraphModule, placement: Placement, amax: Mapping[str, float]) -> int:
     """An fp8_qdq node on every activation site, scale = amax / 448, tied sites (Placement.tied) at their
     group's largest amax. Returns how many were inserted."""
-    amax = tie_amax(amax, placement)
+    amax = tie_amax(amax, placement.tied)
     sites = _activation_sites(placement)
     missing = [s.key for s in sites if s.fixed_amax is None and s.key not in amax]
     if missing:

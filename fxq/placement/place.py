@@ -8,7 +8,6 @@ fxq/conversion/insert.py turns into nodes.
 from __future__ import annotations
 
 import math
-import operator
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -20,8 +19,9 @@ from fxq.placement.attention import recorded_blocks
 from fxq.placement.convs import MAX_FP8_CONV_FILTER
 from fxq.config import QuantConfig, TensorSpec
 from fxq.errors import ConfigError
-from fxq.graph_utils import aten, shape_of, state_name
+from fxq.graph_utils import shape_of, state_name
 from fxq.placement.records import AttentionRecord, ConvRecord, GemmRecord
+from fxq.placement.tied import tied_sites
 from fxq.capture.transforms import COUNTS, TransformCounts
 
 
@@ -97,12 +97,8 @@ class Placement:
     gemms: int = 0
     attention_blocks: int = 0
     convs: int = 0
-    # Activation sites that share one scale (the largest amax): the O-projection inputs of one FP8 attention block
-    # whose output is split by token range (a joint text+image attention, as in Flux or SD3). A split only moves
-    # data: equal scales make the branch Qs one Q on BMM2's output, where TensorRT's FP8 MHA pattern wants it.
-    # The calibration keeps each site's own amax; insert_qdq (fxq/conversion/insert.py) applies the tie where
-    # activation scales are made, against the placement of the moment (a fallback that floats one O-projection
-    # unties the other).
+    # Activation sites that share one scale, the largest amax: a split attention output's O-projection inputs
+    # (fxq/placement/tied.py finds them and says why; insert_qdq applies the tie, the calibration keeps each amax).
     tied: list[tuple[str, ...]] = field(default_factory=list)
     scales_moved_to_q: int = 0  # what capture's transforms did (fxq.capture.transforms.TransformCounts)
     views_moved_before_softmax: int = 0
@@ -154,39 +150,6 @@ def _reads_attention_output(x: Node, bmm2s: set[Node], depth: int = 6) -> bool:
             return False
         x, depth = x.args[0], depth - 1
     return False
-
-
-# What lies between BMM2 and an O-projection that reads one token range of it: head-merging views, copies, a split.
-_SPLIT_PATH = {aten.permute.default, aten.transpose.int, aten.view.default, aten.reshape.default,
-               aten._unsafe_view.default, aten.clone.default, aten.contiguous.default, aten.alias.default,
-               aten.split.Tensor, aten.split_with_sizes.default, aten.slice.Tensor, aten.narrow.default,
-               aten.squeeze.dim, aten.unsqueeze.default, operator.getitem}
-
-
-def _attention_output_of(x: Node, bmm2s: set[Node], depth: int = 12) -> Node | None:
-    """The BMM2 whose output x is a token range of (through _SPLIT_PATH ops only), else None."""
-    while isinstance(x, Node) and depth > 0:
-        if x in bmm2s:
-            return x
-        if x.op != "call_function" or x.target not in _SPLIT_PATH or not x.args:
-            return None
-        x, depth = x.args[0], depth - 1
-    return None
-
-
-def _tied_sites(gm: GraphModule, sites: list[Site]) -> list[tuple[str, ...]]:
-    """Groups of O-projection input sites that read one FP8 attention block's BMM2 through a split (see
-    Placement.tied). A block left in float (head size, fallback, a config without attention roles) ties nothing."""
-    fp8_bmm2 = {c for s in sites if s.role == R.ATTN_PROBS for c in s.consumers}
-    bmm2s = {b.bmm2 for b in recorded_blocks(gm) if b.bmm2.name in fp8_bmm2}
-    nodes = {n.name: n for n in gm.graph.nodes}
-    by_block: dict[Node, list[str]] = {}
-    for s in sites:
-        if s.role == R.LINEAR_INPUT:
-            bmm2 = _attention_output_of(nodes[s.node], bmm2s)
-            if bmm2 is not None:
-                by_block.setdefault(bmm2, []).append(s.key)
-    return [tuple(keys) for keys in by_block.values() if len(keys) > 1]
 
 
 def _requests(gm: GraphModule, cfg: QuantConfig, out: Placement) -> list[_Request]:
@@ -304,17 +267,7 @@ def place(gm: GraphModule, config: QuantConfig | None = None) -> Placement:
             continue
         out.sites.append(Site(key, first.role, first.module, producer.name, consumers,
                               cfg.spec_for(first.module, first.role), state_name(producer) is not None))
-    out.tied = _tied_sites(gm, out.sites)
-    return out
-
-
-def tie_amax(amax: dict[str, float], placement: Placement) -> dict[str, float]:
-    """amax with every tied group (Placement.tied) at its largest member's value."""
-    out = dict(amax)
-    for keys in placement.tied:
-        known = [out[k] for k in keys if k in out]
-        if known:
-            out.update({k: max(known) for k in keys})
+    out.tied = tied_sites(gm, out.sites)
     return out
 
 
