@@ -11,6 +11,7 @@ from onnx import TensorProto, helper
 
 from fxq.errors import InputError
 from fxq.kernels import fp8_attention, fp8_attention_reference, kernel_unsupported_reason
+from fxq.kernels.fp8_attention import quantize_values
 from fxq.kernels.fp8_attention_reference import (P_SCALE, probs_step_envelope, quantize_e4m3,
                                                  reference_from_codes)
 
@@ -117,6 +118,14 @@ def test_the_custom_op_traces_under_torch_compile():
     assert torch.equal(fn(q, k, v), fp8_attention_reference(q, k, v, *SCALES, mask=mask))
 
 
+@pytest.mark.parametrize("tokens", [197, 256, 4250])
+def test_value_codes_have_keys_contiguous_and_rows_padded_to_16_bytes(tokens):
+    v = torch.randn(1, 2, tokens, 16)
+    codes = quantize_values(v, 0.01)
+    assert codes.shape == v.shape and codes.stride(-2) == 1 and codes.stride(-1) % 16 == 0
+    assert torch.equal(codes.float(), quantize_e4m3(v, 0.01).float())
+
+
 @pytest.mark.parametrize("bad, match", [
     (dict(q=torch.zeros(2, 8, 16)), r"\(batch, heads, tokens, head_dim\)"),
     (dict(k=torch.zeros(1, 3, 8, 16)), "do not agree"),
@@ -195,6 +204,41 @@ def test_kernel_within_one_fp8_step_of_p(shape, dtype, causal, mask_kind, exact)
     # One pass rounds P on other grids: an error of the size of the graph's own P rounding, no more.
     # Exact: the same codes as the graph but for ties (fp32 sums in another order).
     assert miss <= (0.1 if exact else 3.0) * p_noise
+
+
+PROGRAM_CASES = [  # (shape, dtype, causal, mask kind, config with program): the two-sub-tile program, odd lengths
+    ((2, 3, 200, 64), torch.float16, False, None, (128, 64, 4, 3, "two")),
+    ((1, 4, 333, 128), torch.bfloat16, False, None, (64, 128, 4, 3, "two")),
+    ((2, 2, 300, 64), torch.float16, True, None, (256, 64, 8, 3, "two")),
+    ((3, 2, 384, 64), torch.float16, False, "padding", (128, 64, 8, 3, "two")),
+    ((2, 2, 190, 64), torch.bfloat16, True, "full", (128, 64, 4, 2, "two")),
+]
+
+
+@gpu
+@pytest.mark.parametrize("dense_values", [False, True])
+@pytest.mark.parametrize("shape, dtype, causal, mask_kind, config", PROGRAM_CASES)
+def test_kernel_programs_within_one_fp8_step_of_p(shape, dtype, causal, mask_kind, config, dense_values):
+    from fxq.kernels import fp8_attention_triton
+    q, k, v = _qkv(shape, seed=sum(shape), dtype=dtype, device="cuda")
+    b, h, t, d = shape
+    mask = None
+    if mask_kind == "padding":
+        mask = _padding_mask(b, t, [t // 2, t, 7][:b], device="cuda")
+    elif mask_kind == "full":
+        mask = torch.randn(b, 1, t, t, device="cuda", dtype=dtype)
+    q8, k8, _ = _codes(q, k, v)
+    v8 = quantize_values(v, SCALES[2])
+    if dense_values:  # rows of T bytes: the unaligned layout, byte loads
+        v8 = v8.transpose(-1, -2).contiguous().transpose(-1, -2)
+    out = torch.empty_like(q)
+    fp8_attention_triton.launch(q8, k8, v8, None if mask is None else mask.expand(b, h, t, t), out,
+                                qk_scale=SCALES[0] * SCALES[1], v_scale=SCALES[2], p_scale=P_SCALE,
+                                is_causal=causal, exact_probs=False, config=config)
+    assert torch.isfinite(out).all()
+    steps, miss, p_noise = kernel_error_in_probs_steps(out, q, k, v, mask, causal)
+    print(f"{shape} {config} dense_values={dense_values}: {steps:.3f} steps of P, 1-cos {miss:.2e}")
+    assert steps <= 1.0 and miss <= 3.0 * p_noise
 
 
 @gpu

@@ -15,6 +15,7 @@ import torch
 from torch.fx import Node
 
 from fxq.kernels import EXACT_PROBS_DEFAULT, P_SCALE, kernel_unsupported_reason
+from fxq.kernels.fp8_attention import value_rows_padded
 
 MODES = ("fp16", "fp8", "auto")
 KERNEL = "kernel"  # the reason recorded for a block the Triton kernel runs
@@ -90,7 +91,7 @@ def measure(q_shape, v_shape, masked: bool, dtype, device) -> tuple[float, float
     q, k, v = (torch.randn((b, h, t, d), generator=g, device=device, dtype=dtype) for _ in range(3))
     mask = torch.zeros((b, 1, 1, t), device=device, dtype=dtype) if masked else None
     codes = [x.to(torch.float8_e4m3fn) for x in (q, k, v)]
-    codes[2] = codes[2].transpose(-1, -2).contiguous().transpose(-1, -2)
+    codes[2] = value_rows_padded(v, lambda x: x.to(torch.float8_e4m3fn))  # the layout lower's quantize_values makes
     fp8_ms = _time_ms(lambda: torch.ops.fxq.fp8_attention(*codes, 1.0, 1.0, 1.0, mask, False, d ** -0.5, P_SCALE,
                                                           EXACT_PROBS_DEFAULT, dtype))
     best = (float("inf"), "none")

@@ -9,6 +9,7 @@ from onnx_post import fp8
 
 from fxq.conversion.insert import DEQUANT, QDQ  # noqa: F401  (the fxq ops lower replaces)
 from fxq.kernels import fp8_attention_codes  # noqa: F401  (registers torch.ops.fxq.fp8_attention)
+from fxq.kernels.fp8_attention import value_rows_padded
 
 FP8_ATTENTION = torch.ops.fxq.fp8_attention.default
 
@@ -42,8 +43,8 @@ def to_dtype(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 def quantize_values(v: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """E4M3 codes of v (B, H, T, D) stored with the key axis contiguous: the layout Hopper's FP8 P V product
-    reads (fxq/kernels/fp8_attention.py); the transpose is fused into the quantize kernel."""
-    return quantize_fp8(v.transpose(-1, -2), scale).contiguous().transpose(-1, -2)
+    reads (fxq/kernels/fp8_attention.py), rows padded to 16 bytes so the kernel's V loads are aligned."""
+    return value_rows_padded(v, lambda x: quantize_fp8(x, scale))
 
 
 def additive_mask(cond: torch.Tensor, drop_where_true: bool) -> torch.Tensor:
