@@ -14,7 +14,7 @@ units of one E4M3 step of P (<= 1 is the goal) and output cosine; FP16 SDPA's co
 shows how far today's lowered attention (FP16) is from the graph TensorRT runs.
 
     python -m benchmarks.attention_fp8 --out results/gpu_fp8_attention.md
-    python -m benchmarks.attention_fp8 --variants --out $OUT/variants.md   # programs x block shapes x V layout
+    python -m benchmarks.attention_fp8 --variants --out $OUT/variants.md   # block shapes x V layout
 """
 from __future__ import annotations
 
@@ -141,8 +141,8 @@ VARIANT_SWEEP = {128: [(64, 128, 4, 3), (64, 64, 4, 3), (128, 128, 8, 3)],
                       (128, 128, 8, 3)]}
 
 
-def variant_rows(name, shape, padded, programs):
-    """One row per (V layout, program, block shape): kernel ms, vs flash, vs best SDPA, steps of P, cosine.
+def variant_rows(name, shape, padded):
+    """One row per (V layout, block shape): kernel ms, vs flash, vs best SDPA, steps of P, cosine.
     V layouts: "padded" (rows of 16-byte multiples, what quantize_values now makes) and "dense" (rows of T
     bytes, the layout before; timed with today's CONFIGS entry only). A variant that fails to compile or run is reported and skipped."""
     q, k, v, mask, scales = inputs(shape, padded)
@@ -154,49 +154,48 @@ def variant_rows(name, shape, padded, programs):
                "dense": quantize_e4m3(v.transpose(-1, -2), scales[2]).contiguous().transpose(-1, -2)}
     full_mask = None if mask is None else mask.expand(b, h, t, t)
     out = torch.empty_like(q)
-    today = kernel.CONFIGS[d, t >= 1024][:4]
+    today = kernel.CONFIGS[d, t >= 1024]
     for layout, v8 in layouts.items():
-        for program in programs if layout == "padded" else ["one"]:
-            for config in VARIANT_SWEEP[d] if layout == "padded" else [today]:  # dense: the layout effect alone
-                row = {"shape": name, "layout": layout, "program": program, "config": config[:4]}
-                try:
-                    run = lambda: kernel.launch(q8, k8, v8, full_mask, out, qk_scale=scales[0] * scales[1],  # noqa
-                                                v_scale=scales[2], p_scale=P_SCALE, is_causal=False,
-                                                exact_probs=False, config=(*config, program))
-                    run()
-                    torch.cuda.synchronize()
-                    row["ms"] = do_bench(run, warmup=25, rep=100, return_mode="median")
-                    run()
-                    row.update(metrics(out.clone(), (q8, k8, v8), scales, mask))
-                    row["vs_flash"] = sdpa["flash"] / row["ms"] if "flash" in sdpa else None
-                    row["vs_best"] = best / row["ms"]
-                except Exception as e:  # noqa: BLE001  (report the variant, keep sweeping)
-                    row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
-                yield row
+        for config in VARIANT_SWEEP[d] if layout == "padded" else [today]:  # dense: the layout effect alone
+            row = {"shape": name, "layout": layout, "config": config}
+            try:
+                run = lambda: kernel.launch(q8, k8, v8, full_mask, out, qk_scale=scales[0] * scales[1],  # noqa
+                                            v_scale=scales[2], p_scale=P_SCALE, is_causal=False,
+                                            exact_probs=False, config=config)
+                run()
+                torch.cuda.synchronize()
+                row["ms"] = do_bench(run, warmup=25, rep=100, return_mode="median")
+                run()
+                row.update(metrics(out.clone(), (q8, k8, v8), scales, mask))
+                row["vs_flash"] = sdpa["flash"] / row["ms"] if "flash" in sdpa else None
+                row["vs_best"] = best / row["ms"]
+            except Exception as e:  # noqa: BLE001  (report the variant, keep sweeping)
+                row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+            yield row
 
 
 def variant_line(r):
     if "error" in r:
-        return f"| {r['shape']} | {r['layout']} | {r['program']} | {r['config']} | failed: {r['error']} | | | | |"
+        return f"| {r['shape']} | {r['layout']} | {r['config']} | failed: {r['error']} | | | | |"
     flash = f"{r['vs_flash']:.2f}x" if r["vs_flash"] else "n/a"
-    return (f"| {r['shape']} | {r['layout']} | {r['program']} | {r['config']} | {r['ms']:.3f} | {flash} "
+    return (f"| {r['shape']} | {r['layout']} | {r['config']} | {r['ms']:.3f} | {flash} "
             f"| {r['vs_best']:.2f}x | {r['steps']:.3f} | {r['cosine']:.6f} |")
 
 
-def sweep_variants(out: Path, programs):
+def sweep_variants(out: Path):
     """The variant sweep, each row appended to `out` (markdown) and `out`.jsonl as soon as it is measured."""
     head = (f"{torch.cuda.get_device_name()}, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, "
             f"torch {torch.__version__}, triton {triton.__version__}; one pass, do_bench medians (100 ms)\n\n"
-            "| shape | V layout | program | (BLOCK_M, BLOCK_N, warps, stages) | ms | vs flash | vs best SDPA "
-            "| steps of P | cosine |\n|---|---|---|---|---|---|---|---|---|\n")
+            "| shape | V layout | (BLOCK_M, BLOCK_N, warps, stages) | ms | vs flash | vs best SDPA "
+            "| steps of P | cosine |\n|---|---|---|---|---|---|---|---|\n")
     out.write_text(head)
     jsonl = out.with_suffix(".jsonl")
     jsonl.write_text("")
     for name, shape, padded in SHAPES:
         sdpa = sdpa_times(*inputs(shape, padded)[:4])
         with out.open("a") as f:
-            f.write(f"| {name} SDPA | | | | {' '.join(f'{k} {v:.3f}' for k, v in sdpa.items())} | | | | |\n")
-        for r in variant_rows(name, shape, padded, programs):
+            f.write(f"| {name} SDPA | | | {' '.join(f'{k} {v:.3f}' for k, v in sdpa.items())} | | | | |\n")
+        for r in variant_rows(name, shape, padded):
             print(variant_line(r), flush=True)
             with out.open("a") as f:
                 f.write(variant_line(r) + "\n")
@@ -207,12 +206,11 @@ def sweep_variants(out: Path, programs):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, required=True, help="markdown table to write (a .json lands beside it)")
-    ap.add_argument("--variants", action="store_true", help="sweep kernel programs x block shapes x V layouts "
+    ap.add_argument("--variants", action="store_true", help="sweep kernel block shapes x V layouts "
                     "(one pass) instead of the summary table")
-    ap.add_argument("--programs", nargs="+", default=list(kernel.PROGRAMS), help="programs for --variants")
     args = ap.parse_args()
     if args.variants:
-        sweep_variants(args.out, args.programs)
+        sweep_variants(args.out)
         return
     rows = []
     for name, shape, padded in SHAPES:

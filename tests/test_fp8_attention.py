@@ -206,19 +206,19 @@ def test_kernel_within_one_fp8_step_of_p(shape, dtype, causal, mask_kind, exact)
     assert miss <= (0.1 if exact else 3.0) * p_noise
 
 
-PROGRAM_CASES = [  # (shape, dtype, causal, mask kind, config with program): the two-sub-tile program, odd lengths
-    ((2, 3, 200, 64), torch.float16, False, None, (128, 64, 4, 3, "two")),
-    ((1, 4, 333, 128), torch.bfloat16, False, None, (64, 128, 4, 3, "two")),
-    ((2, 2, 300, 64), torch.float16, True, None, (256, 64, 8, 3, "two")),
-    ((3, 2, 384, 64), torch.float16, False, "padding", (128, 64, 8, 3, "two")),
-    ((2, 2, 190, 64), torch.bfloat16, True, "full", (128, 64, 4, 2, "two")),
+LAYOUT_CASES = [  # (shape, dtype, causal, mask kind, config): odd lengths, V rows padded or of T bytes
+    ((2, 3, 200, 64), torch.float16, False, None, (128, 64, 4, 3)),
+    ((1, 4, 333, 128), torch.bfloat16, False, None, (64, 128, 4, 3)),
+    ((2, 2, 300, 64), torch.float16, True, None, (256, 64, 8, 3)),
+    ((3, 2, 384, 64), torch.float16, False, "padding", (128, 64, 8, 3)),
+    ((2, 2, 190, 64), torch.bfloat16, True, "full", (128, 64, 4, 2)),
 ]
 
 
 @gpu
 @pytest.mark.parametrize("dense_values", [False, True])
-@pytest.mark.parametrize("shape, dtype, causal, mask_kind, config", PROGRAM_CASES)
-def test_kernel_programs_within_one_fp8_step_of_p(shape, dtype, causal, mask_kind, config, dense_values):
+@pytest.mark.parametrize("shape, dtype, causal, mask_kind, config", LAYOUT_CASES)
+def test_kernel_reads_padded_and_dense_value_rows_alike(shape, dtype, causal, mask_kind, config, dense_values):
     from fxq.kernels import fp8_attention_triton
     q, k, v = _qkv(shape, seed=sum(shape), dtype=dtype, device="cuda")
     b, h, t, d = shape

@@ -6,8 +6,10 @@ through shared memory, S = q k^T runs on FP8 tensor cores with fp32 accumulation
 hardware instruction), so the scales, sm_scale and the mask are folded into one multiply and one add.
 
 V is read as (D, BLOCK_N) tiles and transposed as a shared-memory view: Hopper's FP8 wgmma wants both
-operands K-major, which for P V means V with the key axis contiguous. Any strides work; V codes with
-the key axis contiguous are the fast layout (fp8_attention.py writes them so when it quantizes).
+operands K-major, which for P V means V with the key axis contiguous. Any strides work; the fast layout
+is V codes with the key axis contiguous and each row a multiple of 16 bytes (fp8_attention.py writes them
+so when it quantizes): with rows of T bytes and T not a multiple of 16 (SD3.5's 4250, ViT's 197) Triton
+cannot prove alignment and loads V byte by byte (0.62 vs 0.37 ms at SD3.5's shape on an H200).
 
 Two ways to quantize P (EXACT_PROBS), see the numerics note in fp8_attention.py:
   one pass: online softmax, P rounded as exp(s - running max) / p_scale, rescaled at the end;
@@ -35,29 +37,15 @@ def _exp2(x, FTZ: tl.constexpr):
 
 
 @triton.jit
-def _load_k(k_ptrs, start_n, offs_n, n_keys, stride_kn, BOUNDARY: tl.constexpr):
-    if BOUNDARY:
-        return tl.load(k_ptrs + start_n * stride_kn, mask=((start_n + offs_n) < n_keys)[:, None], other=0.0)
-    else:
-        return tl.load(k_ptrs + start_n * stride_kn)
-
-
-@triton.jit
-def _load_v(v_ptrs, start_n, offs_n, n_keys, stride_vn, BOUNDARY: tl.constexpr):
-    """A (D, BLOCK_N) tile of V codes; with the key axis contiguous and its row stride a multiple of 16
-    bytes these are 16-byte async copies, otherwise byte loads (see align_value_codes in fp8_attention.py)."""
-    if BOUNDARY:
-        return tl.load(v_ptrs + start_n * stride_vn, mask=((start_n + offs_n) < n_keys)[None, :], other=0.0)
-    else:
-        return tl.load(v_ptrs + start_n * stride_vn)
-
-
-@triton.jit
-def _scores(q, k, mask_ptr, mask_rows, start_n, offs_m, offs_n, n_keys, stride_mn, qk_scale,
+def _scores(q, k_ptrs, mask_ptr, mask_rows, start_n, offs_m, offs_n, n_keys, stride_kn, stride_mn, qk_scale,
             MASK_KIND: tl.constexpr, CAUSAL: tl.constexpr, BOUNDARY: tl.constexpr):
     """One (BLOCK_M, BLOCK_N) tile of scores, masked-out keys at -inf. Without a mask the raw q.k codes
     product comes back (the caller folds qk_scale into its exp2 FMA); with one, log2 units plus the mask."""
     cols = start_n + offs_n
+    if BOUNDARY:
+        k = tl.load(k_ptrs + start_n * stride_kn, mask=(cols < n_keys)[:, None], other=0.0)
+    else:
+        k = tl.load(k_ptrs + start_n * stride_kn)
     s = tl.dot(q, tl.trans(k))
     if MASK_KIND == 1:  # one row per (batch, head), broadcast over queries (BERT padding)
         if BOUNDARY:
@@ -76,21 +64,14 @@ def _scores(q, k, mask_ptr, mask_rows, start_n, offs_m, offs_n, n_keys, stride_m
 
 
 @triton.jit
-def _pv(acc, p, vt):
+def _pv(acc, p, v_ptrs, start_n, offs_n, n_keys, stride_vn, BOUNDARY: tl.constexpr):
     """acc += E4M3(p) @ V_tile (codes) on FP8 tensor cores; p is already P / p_scale, in [0, 448]."""
     p8 = p.to(tl.float8e4nv)  # cvt.rn.satfinite: nearest even, saturating (exp2 may land an ulp over 448)
+    if BOUNDARY:
+        vt = tl.load(v_ptrs + start_n * stride_vn, mask=((start_n + offs_n) < n_keys)[None, :], other=0.0)
+    else:
+        vt = tl.load(v_ptrs + start_n * stride_vn)
     return tl.dot(p8, tl.trans(vt), acc)
-
-
-@triton.jit
-def _online_step(acc, m_i, l_i, s, vt, a, log2_inv_p, FTZ: tl.constexpr):
-    """One tile of the one-pass online softmax (PHASE 0 of _sweep) with the V tile already loaded."""
-    m_new = tl.maximum(m_i, tl.max(s, 1) * a)
-    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-    alpha = _exp2(m_i - m_safe, FTZ)
-    p = _exp2(s * a - (m_safe - log2_inv_p)[:, None], FTZ)
-    l_i = l_i * alpha + tl.sum(p, 1)
-    return _pv(acc * alpha[:, None], p, vt), m_new, l_i
 
 
 @triton.jit
@@ -108,12 +89,11 @@ def _sweep(acc, m_i, l_i, lo, hi, q, k_ptrs, v_ptrs, mask_ptr, mask_rows, offs_m
         a = 1.0
     for start_n in range(lo, hi, BLOCK_N):
         start_n = tl.multiple_of(start_n, BLOCK_N)
-        k = _load_k(k_ptrs, start_n, offs_n, n_keys, stride_kn, BOUNDARY)
-        s = _scores(q, k, mask_ptr, mask_rows, start_n, offs_m, offs_n, n_keys, stride_mn, qk_scale,
-                    MASK_KIND, CAUSAL, BOUNDARY)
+        s = _scores(q, k_ptrs, mask_ptr, mask_rows, start_n, offs_m, offs_n, n_keys, stride_kn, stride_mn,
+                    qk_scale, MASK_KIND, CAUSAL, BOUNDARY)
         if PHASE == 2:
             p = _exp2(s * a - m_i[:, None], FTZ) * l_i[:, None]
-            acc = _pv(acc, p, _load_v(v_ptrs, start_n, offs_n, n_keys, stride_vn, BOUNDARY))
+            acc = _pv(acc, p, v_ptrs, start_n, offs_n, n_keys, stride_vn, BOUNDARY)
         else:
             m_new = tl.maximum(m_i, tl.max(s, 1) * a)
             m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row masked so far: keep exp2 finite
@@ -125,7 +105,7 @@ def _sweep(acc, m_i, l_i, lo, hi, q, k_ptrs, v_ptrs, mask_ptr, mask_rows, offs_m
             l_i = l_i * alpha + tl.sum(p, 1)
             m_i = m_new
             if PHASE == 0:
-                acc = _pv(acc * alpha[:, None], p, _load_v(v_ptrs, start_n, offs_n, n_keys, stride_vn, BOUNDARY))
+                acc = _pv(acc * alpha[:, None], p, v_ptrs, start_n, offs_n, n_keys, stride_vn, BOUNDARY)
     return acc, m_i, l_i
 
 
@@ -144,93 +124,17 @@ def _sweep_keys(acc, m_i, l_i, hi, q, k_ptrs, v_ptrs, mask_ptr, mask_rows, offs_
 
 
 @triton.jit
-def _sweep_two(acc0, m0, l0, acc1, m1, l1, lo, hi, q0, q1, k_ptrs, v_ptrs, mask_ptr, rows0, rows1, offs_m0, offs_m1,
-               offs_n, n_keys, stride_kn, stride_vn, stride_mn, qk_scale, log2_inv_p,
-               BLOCK_N: tl.constexpr, MASK_KIND: tl.constexpr, CAUSAL: tl.constexpr, BOUNDARY: tl.constexpr,
-               FTZ: tl.constexpr):
-    """The one-pass sweep for two independent query sub-tiles sharing each K and V tile (SUBTILES=2).
-
-    Sub-tile 1's q k^T is issued before sub-tile 0's softmax, so that the scheduler may overlap one
-    sub-tile's tensor-core work with the other's exp2/max/sum; each K and V tile is read once for both."""
-    if MASK_KIND == 0:
-        a = qk_scale
-    else:
-        a = 1.0
-    for start_n in range(lo, hi, BLOCK_N):
-        start_n = tl.multiple_of(start_n, BLOCK_N)
-        k = _load_k(k_ptrs, start_n, offs_n, n_keys, stride_kn, BOUNDARY)
-        s0 = _scores(q0, k, mask_ptr, rows0, start_n, offs_m0, offs_n, n_keys, stride_mn, qk_scale,
-                     MASK_KIND, CAUSAL, BOUNDARY)
-        s1 = _scores(q1, k, mask_ptr, rows1, start_n, offs_m1, offs_n, n_keys, stride_mn, qk_scale,
-                     MASK_KIND, CAUSAL, BOUNDARY)
-        vt = _load_v(v_ptrs, start_n, offs_n, n_keys, stride_vn, BOUNDARY)
-        acc0, m0, l0 = _online_step(acc0, m0, l0, s0, vt, a, log2_inv_p, FTZ)
-        acc1, m1, l1 = _online_step(acc1, m1, l1, s1, vt, a, log2_inv_p, FTZ)
-    return acc0, m0, l0, acc1, m1, l1
-
-
-@triton.jit
-def _one_pass_two_subtiles(Q, Out, k_ptrs, v_ptrs, mask_ptr, b, h, start_m, hi, n_queries, n_keys, qk_scale, v_scale,
-                           log2_inv_p, stride_qb, stride_qh, stride_qm, stride_qd, stride_kn, stride_vn, stride_mm,
-                           stride_mn, stride_ob, stride_oh, stride_om, stride_od,
-                           HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                           MASK_KIND: tl.constexpr, CAUSAL: tl.constexpr, FTZ: tl.constexpr):
-    """The program's BLOCK_M rows as two sub-tiles of BLOCK_M // 2 rows, one pass (see _sweep_two)."""
-    HALF: tl.constexpr = BLOCK_M // 2
-    offs_m0 = start_m * BLOCK_M + tl.arange(0, HALF)
-    offs_m1 = offs_m0 + HALF
-    offs_n = tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, HEAD_DIM)
-    q_base = Q + b * stride_qb + h * stride_qh + offs_d[None, :] * stride_qd
-    q0 = tl.load(q_base + offs_m0[:, None] * stride_qm, mask=(offs_m0 < n_queries)[:, None], other=0.0)
-    q1 = tl.load(q_base + offs_m1[:, None] * stride_qm, mask=(offs_m1 < n_queries)[:, None], other=0.0)
-    rows0 = mask_ptr + tl.minimum(offs_m0, n_queries - 1)[:, None] * stride_mm
-    rows1 = mask_ptr + tl.minimum(offs_m1, n_queries - 1)[:, None] * stride_mm
-    m0 = tl.zeros([HALF], dtype=tl.float32) - float("inf")
-    m1 = tl.zeros([HALF], dtype=tl.float32) - float("inf")
-    l0 = tl.zeros([HALF], dtype=tl.float32)
-    l1 = tl.zeros([HALF], dtype=tl.float32)
-    acc0 = tl.zeros([HALF, HEAD_DIM], dtype=tl.float32)
-    acc1 = tl.zeros([HALF, HEAD_DIM], dtype=tl.float32)
-    full = (hi // BLOCK_N) * BLOCK_N
-    acc0, m0, l0, acc1, m1, l1 = _sweep_two(acc0, m0, l0, acc1, m1, l1, 0, full, q0, q1, k_ptrs, v_ptrs, mask_ptr,
-                                            rows0, rows1, offs_m0, offs_m1, offs_n, n_keys, stride_kn, stride_vn,
-                                            stride_mn, qk_scale, log2_inv_p, BLOCK_N, MASK_KIND, CAUSAL, False, FTZ)
-    acc0, m0, l0, acc1, m1, l1 = _sweep_two(acc0, m0, l0, acc1, m1, l1, full, hi, q0, q1, k_ptrs, v_ptrs, mask_ptr,
-                                            rows0, rows1, offs_m0, offs_m1, offs_n, n_keys, stride_kn, stride_vn,
-                                            stride_mn, qk_scale, log2_inv_p, BLOCK_N, MASK_KIND, CAUSAL, True, FTZ)
-    o_base = Out + b * stride_ob + h * stride_oh + offs_d[None, :] * stride_od
-    tl.store(o_base + offs_m0[:, None] * stride_om, (acc0 * (v_scale / l0)[:, None]).to(Out.dtype.element_ty),
-             mask=(offs_m0 < n_queries)[:, None])
-    tl.store(o_base + offs_m1[:, None] * stride_om, (acc1 * (v_scale / l1)[:, None]).to(Out.dtype.element_ty),
-             mask=(offs_m1 < n_queries)[:, None])
-
-
-@triton.jit
 def _fp8_attention_fwd(Q, K, V, Mask, Out, qk_scale, v_scale, p_scale,
                        stride_qb, stride_qh, stride_qm, stride_qd, stride_kb, stride_kh, stride_kn, stride_kd,
                        stride_vb, stride_vh, stride_vn, stride_vd, stride_mb, stride_mh, stride_mm, stride_mn,
                        stride_ob, stride_oh, stride_om, stride_od, H, n_queries, n_keys,
                        HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                        MASK_KIND: tl.constexpr, CAUSAL: tl.constexpr, EXACT_PROBS: tl.constexpr,
-                       FTZ: tl.constexpr, SUBTILES: tl.constexpr = 1):
+                       FTZ: tl.constexpr):
     start_m = tl.program_id(0)
     bh = tl.program_id(1)
     b = (bh // H).to(tl.int64)
     h = (bh % H).to(tl.int64)
-    if SUBTILES == 2:  # one pass only (launch() keeps exact mode on one tile)
-        hi2 = n_keys
-        if CAUSAL:
-            hi2 = tl.minimum(n_keys, (start_m + 1) * BLOCK_M)
-        offs_n2 = tl.arange(0, BLOCK_N)
-        offs_d2 = tl.arange(0, HEAD_DIM)
-        _one_pass_two_subtiles(
-            Q, Out, K + b * stride_kb + h * stride_kh + offs_n2[:, None] * stride_kn + offs_d2[None, :] * stride_kd,
-            V + b * stride_vb + h * stride_vh + offs_d2[:, None] * stride_vd + offs_n2[None, :] * stride_vn,
-            Mask + b * stride_mb + h * stride_mh, b, h, start_m, hi2, n_queries, n_keys, qk_scale, v_scale,
-            -tl.log2(p_scale), stride_qb, stride_qh, stride_qm, stride_qd, stride_kn, stride_vn, stride_mm, stride_mn,
-            stride_ob, stride_oh, stride_om, stride_od, HEAD_DIM, BLOCK_M, BLOCK_N, MASK_KIND, CAUSAL, FTZ)
-        return
     offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM)
@@ -269,28 +173,20 @@ def _fp8_attention_fwd(Q, K, V, Mask, Out, qk_scale, v_scale, p_scale,
     tl.store(o_ptrs, o.to(Out.dtype.element_ty), mask=rows_ok)
 
 
-# (BLOCK_M, BLOCK_N, num_warps, num_stages[, program]) per (head dim, queries >= 1024), from
-# benchmarks/attention_fp8.py's sweep on an H200 (results/gpu_fp8_attention.md); at head dim 128 the 64-row tile
-# won at every length tried. The optional fifth entry names one of PROGRAMS (default "one").
-CONFIGS = {(64, False): (128, 64, 4, 3), (64, True): (256, 64, 8, 3),
+# (BLOCK_M, BLOCK_N, num_warps, num_stages) per (head dim, queries >= 1024), from benchmarks/attention_fp8.py's
+# sweep on an H200 (results/gpu_fp8_attention.md); at head dim 128 the 64-row tile won at every length tried.
+CONFIGS = {(64, False): (128, 64, 4, 3), (64, True): (128, 64, 4, 3),
            (128, False): (64, 128, 4, 3), (128, True): (64, 128, 4, 3)}
-# Program variants -> SUBTILES. "one": one query tile per program. "two": two sub-tiles of BLOCK_M // 2 rows
-# sharing each K/V tile, the second's q k^T issued before the first's softmax (one pass only). Triton 3.6 still
-# waits on each q k^T wgmma right after it (its pipeliner keeps a dot async only if its result is used under an
-# `if`; written so, the sm_90 pipeline fails to compile), so the overlap left is what ptxas schedules.
-PROGRAMS = {"one": 1, "two": 2}
 FTZ_EXP = True
 
 
 def launch(q8, k8, v8, mask, out, *, qk_scale: float, v_scale: float, p_scale: float, is_causal: bool,
            exact_probs: bool, config=None, ftz_exp: bool = None):
     """q8, k8, v8: E4M3 codes (B, H, T, D), any strides. mask: None or an additive mask already expanded
-    to (B, H, Tq, Tk) (stride 0 on broadcast axes). out: (B, H, Tq, D) fp16/bf16, written in place.
-    config: (BLOCK_M, BLOCK_N, warps, stages[, program name of PROGRAMS]); None: CONFIGS[head dim, long]."""
+    to (B, H, Tq, Tk) (stride 0 on broadcast axes). out: (B, H, Tq, D) fp16/bf16, written in place."""
     b, h, tq, d = q8.shape
     tk = k8.shape[-2]
-    block_m, block_n, warps, stages, *rest = config or CONFIGS[d, tq >= 1024]
-    subtiles = PROGRAMS["one" if exact_probs or not rest else rest[0]]  # "two" is one pass only
+    block_m, block_n, warps, stages = config or CONFIGS[d, tq >= 1024]
     ftz_exp = FTZ_EXP if ftz_exp is None else ftz_exp
     if mask is None:
         mask_kind, mask_arg, mstrides = 0, q8, (0, 0, 0, 0)  # never read
@@ -302,7 +198,7 @@ def launch(q8, k8, v8, mask, out, *, qk_scale: float, v_scale: float, p_scale: f
         q8, k8, v8, mask_arg, out, qk_scale * LOG2E, v_scale, p_scale,
         *q8.stride(), *k8.stride(), *v8.stride(), *mstrides, *out.stride(), h, tq, tk,
         HEAD_DIM=d, BLOCK_M=block_m, BLOCK_N=block_n, MASK_KIND=mask_kind, CAUSAL=is_causal,
-        EXACT_PROBS=exact_probs, FTZ=ftz_exp, SUBTILES=subtiles, num_warps=warps, num_stages=stages)
+        EXACT_PROBS=exact_probs, FTZ=ftz_exp, num_warps=warps, num_stages=stages)
     return out
 
 
