@@ -12,7 +12,9 @@ from benchmarks import accuracy as A
 from benchmarks import accuracy_tasks as T
 from onnx_post.checker import check_model
 
-ROWS = ("fxq K centered + per-channel W", "FP16 ONNX, no FP8", "fxq default")  # most important first
+ROWS = ("fxq K centered + per-channel W", "fxq K centered + per-channel W + fallback (any group, cosine budget)",
+        "FP16 ONNX, no FP8", "fxq default", "fxq K centered + per-channel W + fallback (GEMMs, cosine budget)")
+# most important first; ModelOpt's row comes after these
 FP16_ORT = "FP16 ONNX, no FP8 (ORT)"
 MODELOPT = "ModelOpt FP8 (MHA)"
 

@@ -3,11 +3,15 @@
 onnxruntime's ReluQuantRewrite drops a Relu in front of QuantizeLinear. That is only valid for
 integer types whose zero point is the minimum; FP8 E4M3 is signed, so negatives leak through
 (T5's FFN: cosine 1.0 -> 0.81 against the torch model; a two-Linear ReLU MLP: 0.56). Every session
-onnx_post and fxq open goes through onnx_session, which disables it.
+onnx_post and fxq open goes through onnx_session, which disables it and the other rewrites in WRONG_ON_FP8.
 """
 from __future__ import annotations
 
-WRONG_ON_FP8 = ["ReluQuantRewrite"]  # onnxruntime graph rewrites that are wrong on FP8 Q/DQ graphs
+# onnxruntime graph rewrites that are wrong on FP8 Q/DQ graphs. QDQSelectorActionTransformer: onnxruntime 1.30
+# turns DQ(FP8) -> MatMul into MatMulIntegerToFloat, which takes only int8/uint8, so the session fails to load
+# ("Type 'tensor(float8e4m3fn)' ... of operator (MatMulIntegerToFloat) is invalid"; fxq's DINOv2 FP16 export,
+# found on the GPU machine's image). 1.32 leaves FP8 alone and computes the same outputs, bit for bit, with it off.
+WRONG_ON_FP8 = ["ReluQuantRewrite", "QDQSelectorActionTransformer"]
 
 
 def onnx_session(path, optimize: bool = True):

@@ -73,3 +73,27 @@ def test_checker_notes_relu_before_quantize_without_failing_readiness(tmp_path, 
     m.graph.node.remove([n for n in m.graph.node if n.op_type == "Relu"][0])
     m.graph.node[4].input[0] = "h1"  # fc2's QuantizeLinear reads h1 directly: no note
     assert check_model(m).notes == []
+
+
+def test_onnx_session_runs_an_fp8_transformer_export_as_the_unoptimised_graph(tmp_path):
+    """A 3-D DQ(FP8) -> MatMul (every Linear of a transformer export): onnxruntime 1.30's QDQ selector rewrote it into
+    an integer-only MatMulIntegerToFloat and refused to load the file; onnx_session must load it and compute what
+    the graph says (the ORT_DISABLE_ALL session; the optimised one re-lays out the patch conv, float noise that can
+    flip an FP8 code)."""
+    import torch
+    import transformers
+
+    import fxq
+
+    cfg = transformers.Dinov2Config(hidden_size=64, num_hidden_layers=1, num_attention_heads=2, intermediate_size=128,
+                                    image_size=28, patch_size=14)
+    torch.manual_seed(0)
+    x = {"pixel_values": torch.randn(2, 3, 28, 28)}
+    qm = fxq.quantize(transformers.Dinov2Model(cfg).eval(), x, [x], progress=False)
+    path = tmp_path / "dinov2.onnx"
+    qm.export_onnx(path, dtype=torch.float16)
+    feed = {"pixel_values": x["pixel_values"].half().numpy()}
+    assert "QDQSelectorActionTransformer" in WRONG_ON_FP8
+    ours = onnx_session(path).run(None, feed)[0]
+    plain = onnx_session(path, optimize=False).run(None, feed)[0]
+    assert np.isfinite(ours).all() and _cosine(ours, plain) > 0.999
