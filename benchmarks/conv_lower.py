@@ -9,6 +9,12 @@ Each model: FP16 eager and FP16 torch.compile (on conv nets also compiled with N
 and compiled (on conv nets also with NHWC input); fxq.lower compiled with convs=False (every conv stays a conv with fake-quantized operands), which
 shows what running patch and 1x1 convs on torch._scaled_mm buys. Writes one JSON line per row to --out as it goes.
 
+Accuracy, like with like: the lowered model computes in FP16, so its reference is the fake-quant program converted
+to FP16 as the ONNX export converts it (fxq.conversion.graph_dtype.program_in_dtype: the FP16 graph's own
+numerics), `lower_cosine_vs_fake_quant`. The FP32 fake-quant model is kept as a second reference
+(`lower_cosine_vs_fake_quant_fp32`), with what FP16 alone costs against FP32 on the same random weights:
+`fp16_vs_fp32_cosine` (the plain model, no FP8) and `fake_quant_fp16_vs_fp32_cosine` (the fake-quant program).
+
     python -m benchmarks.conv_lower --out $OUT/conv.jsonl              # on an H200 (unet needs diffusers)
     python -m benchmarks.conv_lower --smoke --out /tmp/conv.jsonl      # tiny configs on CPU: checks the script
 """
@@ -23,6 +29,7 @@ import transformers
 
 import fxq
 from benchmarks.gpu import median_ms
+from fxq.conversion.graph_dtype import program_in_dtype
 
 
 def resnet(smoke: bool, batch: int, device):
@@ -54,6 +61,10 @@ MODELS = {"resnet50": (resnet, 64), "unet": (unet, 2), "vit-base": (vit, 64)}
 CHANNELS_LAST = {"resnet50", "unet"}  # conv nets: cuDNN's tensor-core convs prefer NHWC, so the best FP16 path may too
 
 
+def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    return torch.nn.functional.cosine_similarity(a.double().flatten(), b.double().flatten(), 0).item()
+
+
 def first(y):
     return y[0] if isinstance(y, (tuple, list)) else getattr(y, "last_hidden_state", y)
 
@@ -68,8 +79,9 @@ def main() -> None:
     out = open(a.out, "a")
     warm, iters = (1, 2) if a.smoke else (5, 30)
     print("| model | batch | FP16 eager ms | FP16 compile ms | lower ms | lower+compile ms | lower+compile, convs=False ms "
-          "| best FP16 / lower+compile | convs on _scaled_mm | convs kept | GEMMs FP8 |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          "| best FP16 / lower+compile | convs on _scaled_mm | convs kept | GEMMs FP8 | lower vs fake-quant FP16 cosine "
+          "| (vs fake-quant FP32) | FP16 vs FP32 cosine: model, fake-quant |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name in a.models:
         build, batch = MODELS[name]
         torch.manual_seed(0)
@@ -79,10 +91,17 @@ def main() -> None:
         kw16 = {k: v.half() if isinstance(v, torch.Tensor) else v for k, v in kw.items()}
         with torch.no_grad():
             qm = fxq.quantize(model, kw, [kw], dynamic_batch=False, progress=False)
+            y_fp32 = first(model(**kw)).float()
         fp16 = copy.deepcopy(model).half()
         del model
         row = dict(model=name, batch=next(iter(kw.values())).shape[0],
                    device=torch.cuda.get_device_name() if device.type == "cuda" else "cpu")
+        with torch.no_grad():
+            row["fp16_vs_fp32_cosine"] = cosine(first(fp16(**kw16)).float(), y_fp32)
+            ref32 = first(qm(**kw)).float()
+            ref = first(program_in_dtype(qm.program, torch.float16).module()(**kw16)).float()
+        row["fake_quant_fp16_vs_fp32_cosine"] = cosine(ref, ref32)
+        del y_fp32
         row["fp16_eager_ms"] = median_ms(lambda: fp16(**kw16), device, warm, iters)
         fast = torch.compile(fp16)
         row["fp16_compile_ms"] = median_ms(lambda: fast(**kw16), device, warm, iters)
@@ -91,13 +110,12 @@ def main() -> None:
         if name in CHANNELS_LAST:
             fp16_nhwc, kw16_nhwc = torch.compile(copy.deepcopy(fp16).to(memory_format=torch.channels_last)), nhwc(kw16)
             row["fp16_compile_nhwc_ms"] = median_ms(lambda: fp16_nhwc(**kw16_nhwc), device, warm, iters)
-        with torch.no_grad():
-            ref = first(qm(**kw)).float()
         for label, convs in (("lower", True), ("lower_convs_off", False)):
             low = fxq.lower(qm, convs=convs)
             with torch.no_grad():
                 y = first(low(**kw)).float()
-            row[f"{label}_cosine_vs_fake_quant"] = torch.nn.functional.cosine_similarity(y.flatten(), ref.flatten(), 0).item()
+            row[f"{label}_cosine_vs_fake_quant"] = cosine(y, ref)  # the FP16 program: like with like
+            row[f"{label}_cosine_vs_fake_quant_fp32"] = cosine(y, ref32)
             if convs:
                 row.update(convs_fp8=low.stats.convs_fp8, convs_float=low.stats.convs_float, gemms_fp8=low.stats.gemms_fp8)
                 row["lower_ms"] = median_ms(lambda: low(**kw), device, warm, iters)
@@ -112,8 +130,9 @@ def main() -> None:
         mine = min(row["lower_compile_ms"], row.get("lower_compile_nhwc_ms", float("inf")))
         print(f"| {name} | {row['batch']} | {row['fp16_eager_ms']:.2f} | {row['fp16_compile_ms']:.2f} | {row['lower_ms']:.2f} "
               f"| {row['lower_compile_ms']:.2f} | {row['lower_convs_off_compile_ms']:.2f} | "
-              f"{best / mine:.2f}x | {row['convs_fp8']} | {row['convs_float']} | {row['gemms_fp8']} |",
-              flush=True)
+              f"{best / mine:.2f}x | {row['convs_fp8']} | {row['convs_float']} | {row['gemms_fp8']} "
+              f"| {row['lower_cosine_vs_fake_quant']:.4f} | {row['lower_cosine_vs_fake_quant_fp32']:.4f} "
+              f"| {row['fp16_vs_fp32_cosine']:.4f}, {row['fake_quant_fp16_vs_fp32_cosine']:.4f} |", flush=True)
 
 
 if __name__ == "__main__":

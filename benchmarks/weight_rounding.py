@@ -23,6 +23,7 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import fxq  # noqa: E402
 from fxq.accuracy import weight_rounding as wr  # noqa: E402
+from onnx_post import fp8  # noqa: E402
 from fxq.cli import zoo
 from fxq.capture.program import Inputs, capture_program  # noqa: E402
 from fxq.calibration.run import run_calibration  # noqa: E402
@@ -127,7 +128,7 @@ def gemm_sqnr(weights, cal, held):
             continue
         rows[key], cache = {}, {}
         for name, (rounding, axis, act, bc) in VARIANTS.items():
-            s = wr.weight_scale(w) if axis is None else channel_scale(w)  # the scales fxq.quantize uses
+            s = fp8.portable_scale(wr.weight_scale(w)) if axis is None else channel_scale(w)  # the scales fxq.quantize uses
             if (rounding, axis, act) not in cache:  # bias correction reuses the codes without it
                 cache[rounding, axis, act] = (wr.gptq_fp8(w, cal[key].hessian, s, act_order=act) if rounding == "gptq"
                                               else wr.round_nearest(w, s))

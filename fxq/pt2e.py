@@ -34,7 +34,7 @@ class FxqObserver(ObserverBase):
                  is_weight: bool = False, dtype=ops.FP8_DTYPE, tied: tuple[str, ...] = (), peers: dict | None = None,
                  **_):
         super().__init__(dtype=dtype)
-        self.key, self.fixed_amax = key, fixed_amax
+        self.key, self.fixed_amax, self.is_weight = key, fixed_amax, is_weight
         # Weights always use max: clipping weights only loses accuracy.
         self.inner = make_observer(key, TensorSpec() if is_weight else spec)
         # Placement.tied: this site's scale is its group's (the largest amax); `peers` (one dict per annotate)
@@ -53,13 +53,17 @@ class FxqObserver(ObserverBase):
             return max(self.peers[k].inner.result() for k in self.tied if k in self.peers)
         return self.inner.result()
 
+    def scale(self) -> float:
+        """amax / 448; a weight's rounded up as fxq.quantize rounds it (ops.weight_scale_from_amax)."""
+        return (ops.weight_scale_from_amax if self.is_weight else ops.scale_from_amax)(self.amax())
+
     def calculate_qparams(self):
-        return torch.tensor([ops.scale_from_amax(self.amax())]), torch.tensor([0])
+        return torch.tensor([self.scale()]), torch.tensor([0])
 
     def convert(self, model: GraphModule, observer_node: Node) -> None:
         with model.graph.inserting_before(observer_node):
             qdq = model.graph.call_function(torch.ops.fxq.fp8_qdq.default,
-                                            (observer_node.args[0], ops.scale_from_amax(self.amax())))
+                                            (observer_node.args[0], self.scale()))
         qdq.meta.update({k: v for k, v in observer_node.meta.items() if k != _ANNOTATION})
         qdq.meta["fxq_site"] = self.key
         observer_node.replace_all_uses_with(qdq)

@@ -47,7 +47,7 @@ class Report:
         for s in self.placement.sites:
             a = s.fixed_amax if s.fixed_amax is not None else self.amax.get(s.key)
             rows.append({"module": s.module, "role": s.role, "status": "fp8", "amax": a,
-                         "scale": None if a is None else ops.scale_from_amax(a),
+                         "scale": None if a is None else (ops.weight_scale_from_amax(a) if s.is_weight else ops.scale_from_amax(a)),
                          "calibrator": "fixed" if s.fixed_amax is not None else ("max" if s.is_weight else s.spec.calibrator),
                          "readers": len(s.consumers), "reason": ""})
         for k in self.placement.skips:

@@ -68,6 +68,31 @@ def smallest_scale(dtype) -> float:
     return float(ml_dtypes.finfo(numpy_dtype(dtype)).smallest_normal)
 
 
+# Significant bits every graph dtype stores exactly: bfloat16's 8 (float16 has 11, float32 24).
+PORTABLE_SCALE_BITS = 8
+
+
+def portable_scale(scale):
+    """The smallest scale >= `scale` that float32, float16 and bfloat16 graphs all store exactly.
+
+    A weight's FP8 codes are made once, at capture, and then read by a DequantizeLinear whose scale is
+    stored in the graph dtype (stored_scale). Codes made at a scale the graph cannot store mean another
+    weight there: below float16's smallest normal (6.1e-5: a weight with amax < 0.027, e.g. a 3x3 conv
+    over 320+ channels at PyTorch's default init) the float16 graph stores the clamped normal, and the
+    weight grew by up to 3x in diffusers' SD-1.x UNet (its FP16 output drifted to cosine 0.877).
+    Rounded up (to 8 significant bits, at least float16's smallest normal) so that amax / scale stays
+    <= 448: nothing saturates. scale: a number (returns a float) or a torch tensor (per channel).
+    """
+    tiny = smallest_scale(np.float16)
+    steps = float(1 << PORTABLE_SCALE_BITS)
+    torch = _torch_tensor(scale)
+    if torch is not None:
+        m, e = torch.frexp(scale.float())
+        return torch.ldexp(torch.ceil(m * steps) / steps, e.float()).clamp(min=tiny)
+    m, e = math.frexp(float(scale))
+    return max(math.ldexp(math.ceil(m * steps) / steps, e), tiny)
+
+
 @functools.lru_cache(maxsize=4096)
 def _stored(scale: float, dtype: np.dtype) -> float:
     # Through float32 first, as torch converts a Python number to fp16/bf16; past the range is inf.

@@ -173,9 +173,13 @@ def test_dynamic_seq_from_a_one_token_example(tmp_path):
 def test_scale_below_the_smallest_normal_warns_with_the_tensor_named(tmp_path):
     model = torch.nn.Sequential(torch.nn.Linear(32, 32))
     with torch.no_grad():
-        model[0].weight.mul_(1e-4)  # amax ~2e-5: scale ~4e-8, below FP16's smallest normal 6.1e-5
-    qm = _quantize(model, torch.randn(4, 32))
-    with pytest.warns(UserWarning, match=r"fxq: 1 FP8 scales are below torch.float16's smallest normal.*'0:linear.weight'"):
+        model[0].weight.mul_(1e-4)  # amax ~2e-5: amax / 448 ~4e-8, below FP16's smallest normal 6.1e-5
+    qm = _quantize(model, torch.randn(4, 32) * 1e-4)  # the input too: amax ~5e-4, scale ~1e-6
+    # The weight's codes were made at its scale rounded up to FP16's smallest normal (fp8.portable_scale), so the
+    # graph stores that scale exactly: nothing to warn about. The activation's scale is clamped where it is stored.
+    assert qm.program.graph.find_nodes(op="call_function", target=torch.ops.fxq.fp8_dequant.default)[0].args[1] \
+        == torch.finfo(torch.float16).tiny
+    with pytest.warns(UserWarning, match=r"fxq: 1 FP8 scales are below torch.float16's smallest normal.*\['0:linear.input'\]"):
         qm.export_onnx(tmp_path / "m.onnx")
 
 

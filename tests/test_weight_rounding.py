@@ -14,6 +14,7 @@ from fxq.calibration.hessian import HessianObserver, insert_hessian_observers, w
 from fxq.conversion.insert import insert_observers, remove_observers
 from fxq.placement.place import place
 from fxq.verify import onnx_session
+from onnx_post import fp8
 from onnx_post.checker import check_model
 from onnx_post.passes.weights import pretranspose_weights
 from onnx_graphs import FP16, apply, const, model, run
@@ -117,10 +118,11 @@ def test_quantize_with_gptq_stores_the_gptq_codes():
     calib = [(torch.randn(4, SEQ, DIM),) for _ in range(2)]
     near = fxq.quantize(m, example, calib, progress=False)
     gptq = fxq.quantize(m, example, calib, fxq.QuantConfig(weight_rounding="gptq"), progress=False)
-    x = torch.cat([m.norm(b[0]).reshape(-1, DIM) for b in calib]).double()
+    rows = [m.norm(b[0]).reshape(-1, DIM).detach() for b in calib]
+    hessian = sum((r.T @ r).double() for r in rows)  # as HessianObserver sums it: GPTQ's choices near ties follow H's bits
     w = m.q.weight.detach()
-    s = float(ops.scale_from_amax(w.abs().max()))
-    want = wr.gptq_fp8(w, x.T @ x, s, act_order=True)
+    s = ops.weight_scale_from_amax(float(w.abs().max()))  # the weight's scale: amax / 448, portable
+    want = wr.gptq_fp8(w, hessian, s, act_order=True)
     got = gptq.program.state_dict["q.weight_fp8"]
     assert torch.equal(got.view(torch.uint8), want.view(torch.uint8))
     assert not torch.equal(got.view(torch.uint8), near.program.state_dict["q.weight_fp8"].view(torch.uint8))
@@ -168,10 +170,14 @@ def test_per_channel_weights_in_the_program(per_channel):
     state = qm.program.state_dict
     assert state["block.q.weight_fp8_scale"].shape == (DIM,)  # W[N, K]: one scale per row
     assert state["w_fp8_scale"].shape == (32,)  # W[K, N]: one scale per column
-    # max |column| / 448, kept a normal FP16 number (the ONNX scale is stored in the graph dtype)
-    want = (m.w.detach().abs().amax(dim=0) / 448).clamp(min=torch.finfo(torch.float16).tiny)
-    assert want.min() == torch.finfo(torch.float16).tiny  # the smallest column is clamped here
-    torch.testing.assert_close(state["w_fp8_scale"], want)
+    # max |column| / 448, rounded up to what every graph dtype stores exactly: a normal FP16 number with
+    # bf16's 8 significant bits (the ONNX scale is stored in the graph dtype)
+    raw = m.w.detach().abs().amax(dim=0) / 448
+    want = fp8.portable_scale(raw)
+    assert want.min() == torch.finfo(torch.float16).tiny > raw.min()  # the smallest column is clamped here
+    assert (want >= raw).all() and (want < raw.clamp(min=torch.finfo(torch.float16).tiny) * (1 + 2 ** -7)).all()
+    torch.testing.assert_close(state["w_fp8_scale"], want, rtol=0, atol=0)
+    assert all(fp8.stored_scale(v, dt) == v for v in want.tolist() for dt in (torch.float16, torch.bfloat16))
     axes = [n.args[2] for n in qm.program.graph.nodes if n.target is torch.ops.fxq.fp8_dequant_axis.default]
     assert sorted(axes) == [0] * 6 + [1]
 

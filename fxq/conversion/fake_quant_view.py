@@ -52,7 +52,7 @@ def fake_quant_view(ep: torch.export.ExportedProgram, placement: Placement, amax
     for i, site in enumerate(s for s in placement.sites if s.is_weight):
         name = state_name(program_nodes[site.node])
         w = tensors[name].detach()
-        chosen = codes_for(site, w, ops.scale_from_amax(amax[site.key]))
+        chosen = codes_for(site, w, ops.weight_scale_from_amax(amax[site.key]))
         attr = f"fxq_fake_quant_weight_{i}"
         gm.register_buffer(attr, dequantized(chosen, w.dtype), persistent=False)
         with gm.graph.inserting_after(state[name]):

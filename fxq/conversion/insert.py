@@ -153,7 +153,7 @@ def quantize_weights(ep: torch.export.ExportedProgram, placement: Placement, ama
                      ) -> int:
     """Store every quantized GEMM weight as FP8 codes, read through fxq.fp8_dequant.
 
-    W (float) -> its E4M3 codes at scale amax/448, held as a buffer of the program; the GEMMs read
+    W (float) -> its E4M3 codes at scale amax/448 (rounded up to a portable value), held as a buffer of the program; the GEMMs read
     fp8_dequant(codes, scale, dtype). The float weight leaves the program (unless something else,
     such as a tied embedding, still reads it). `codes_for(site, w, scale)` picks the codes (default:
     round to nearest): codes at `scale`, or a WeightCodes with its own scale (a 1-D per-channel scale
@@ -165,7 +165,7 @@ def quantize_weights(ep: torch.export.ExportedProgram, placement: Placement, ama
     for site in [s for s in placement.sites if s.is_weight]:
         src = nodes[site.node]
         w = tensors[state_name(src)].detach()
-        scale = ops.scale_from_amax(amax[site.key])
+        scale = ops.weight_scale_from_amax(amax[site.key])  # one every graph dtype stores exactly
         codes = codes_for(site, w, scale) if codes_for is not None else ops.quantize_to_fp8(w, scale)
         chosen = codes if isinstance(codes, WeightCodes) else WeightCodes(codes, scale)
         buf = _add_buffer(ep, src, f"{state_name(src)}_fp8", chosen.codes)

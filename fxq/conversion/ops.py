@@ -16,6 +16,12 @@ from onnx_post.fp8 import FP8_MAX, scale_from_amax  # noqa: F401  (re-exported f
 FP8_DTYPE = torch.float8_e4m3fn
 
 
+def weight_scale_from_amax(amax: float) -> float:
+    """A per-tensor weight scale: amax / 448 rounded up to a value every graph dtype stores exactly
+    (fp8.portable_scale), so the FP8 codes made at capture mean the same weight in fp32, fp16 and bf16."""
+    return fp8.portable_scale(scale_from_amax(amax))
+
+
 def round_scale(scale: float, dtype: torch.dtype) -> torch.Tensor:
     """The scale as the exported graph stores it (fp8.stored_scale), as a 0-d tensor of `dtype`."""
     return torch.tensor(fp8.stored_scale(scale, dtype), dtype=dtype)
