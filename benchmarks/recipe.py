@@ -9,7 +9,7 @@ Results go to OUT/recipe_<task>.json after every row, so a cut run keeps what it
 
     python -m benchmarks.recipe --quick                                   # CPU smoke run
     python -m benchmarks.recipe --device cuda --bundle B --onnx-n 2000    # the full run (one H200)
-    python -m benchmarks.recipe_report OUT                                # JSON -> results/accuracy_recipe.md
+    python -m benchmarks.recipe_report OUT --out results/accuracy.md --section   # JSON -> the recipe section
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """benchmarks/recipe.py's JSON results -> one markdown table per run (fxq's levers and ModelOpt side by side).
 
-    python -m benchmarks.recipe_report DIR [DIR ...] --out results/accuracy_recipe.md --title "..."
+    python -m benchmarks.recipe_report DIR [DIR ...] --out results/accuracy.md --section [--title "..."]
 """
 from __future__ import annotations
 
