@@ -83,6 +83,21 @@ def test_a_kept_measurement_makes_its_rebase_free_and_exact(sensitive_a):
         full.measure(["a:attention", "b.fc1:gemm", "b.q:gemm"])
 
 
+def test_a_set_measured_again_reuses_its_batches(sensitive_a):
+    """The fallback ranks a singleton on batch 0, then may measure it on every batch: batch 0 is not run again,
+    and the value is the full forwards' one, bit for bit."""
+    full, fast, ids = _both(*sensitive_a)
+    g = "b.fc1:gemm"
+    assert fast.measure_alone([g], batches=[0]) == full.measure([g], batches=[0])
+    before = fast.runner.nodes_run
+    assert fast.measure_alone([g]) == full.measure([g])
+    per_batch = len(fast.runner.nodes) - fast.runner.start_for(fast.first[g])
+    assert fast.runner.nodes_run - before == (fast.n_batches - 1) * per_batch
+    before = fast.runner.nodes_run
+    assert fast.measure([g], keep=True) == full.measure([g])  # a kept run saves checkpoints: every batch runs
+    assert fast.runner.nodes_run - before == fast.n_batches * per_batch
+
+
 def test_prefix_runs_with_keyword_inputs_and_masks():
     torch.manual_seed(0)
     batches = [bert_inputs(2, 16) for _ in range(2)]

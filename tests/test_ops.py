@@ -7,6 +7,7 @@ from onnx import TensorProto, helper
 
 import fxq  # noqa: F401
 import onnx_graphs
+from onnx_post import fp8
 from fxq.conversion import ops
 
 
@@ -59,3 +60,41 @@ def test_straight_through_gradient():
     x = torch.randn(16, requires_grad=True)
     torch.ops.fxq.fp8_qdq(x, 0.01).sum().backward()
     assert torch.equal(x.grad, torch.ones(16))
+
+
+def _qdq_by_conversion(x, scale):
+    """fp8_qdq as quantize then dequantize through torch's own FP8 -> float conversion (before the CPU table)."""
+    s = fp8.stored_scale(scale, x.dtype)
+    return fp8.dequantize(fp8.quantize(x, s, chunk=None), s, x.dtype)
+
+
+def _bits(t):
+    return t.view({torch.float32: torch.int32, torch.float16: torch.int16, torch.bfloat16: torch.int16}[t.dtype])
+
+
+def test_cpu_table_dequantize_is_the_conversion_bit_for_bit_over_the_float32_range():
+    """Every float32 whose low 16 bits are one of a few patterns: every sign, exponent and leading 7 mantissa
+    bits, so every E4M3 tie (the halfway bit lies in the top 16 bits at every FP8 exponent, subnormals included)
+    and its neighbours, saturation, zeros, subnormal inputs, inf and NaN (with payloads). The whole float32 range,
+    all 2^32 patterns, was compared once the same way (results/fallback_speed.md)."""
+    high = torch.arange(1 << 16, dtype=torch.int64) << 16
+    low = torch.tensor([0, 1, 0x7FFF, 0x8000, 0xFFFF, 0x1234])
+    x = (high[:, None] | low[None, :]).reshape(-1).to(torch.int32).view(torch.float32)  # wraps: negative patterns
+    for scale in (1.0, 2.0 / 448 + 1e-7, 1e-30, 3e5):
+        assert torch.equal(_bits(fp8.quantize_dequantize(x, scale)), _bits(_qdq_by_conversion(x, scale))), scale
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_cpu_table_dequantize_is_the_conversion_for_every_half_precision_value(dtype):
+    x = torch.arange(1 << 16, dtype=torch.int32).to(torch.int16).view(dtype)
+    for scale in (1.0, 2.0 / 448 + 1e-7, 0.37):
+        got = ops.fp8_qdq_reference(x, scale)
+        assert got.dtype == dtype and torch.equal(_bits(got), _bits(_qdq_by_conversion(x, scale))), scale
+
+
+def test_qdq_keeps_shape_strides_and_nan():
+    x = torch.randn(3, 4, 5).transpose(0, 2)  # not contiguous
+    x[0, 0, 0], x[1, 1, 1] = float("nan"), -float("inf")
+    y = ops.fp8_qdq_reference(x, 0.01)
+    assert y.shape == x.shape and torch.equal(_bits(y), _bits(_qdq_by_conversion(x, 0.01)))
+    assert torch.isnan(y[0, 0, 0]) and y[1, 1, 1] == -448 * fp8.stored_scale(0.01, torch.float32)

@@ -121,22 +121,31 @@ class Evaluator:
             self.refs = [b.call(reference) for b in self.batches]
         self.calls = 0
 
-    def measure(self, run: Callable[[int], object] | None = None, indices: Iterable[int] | None = None) -> float:
+    def measure(self, run: Callable[[int], object] | None = None, indices: Iterable[int] | None = None,
+                known: dict[int, float] | None = None) -> float:
         """The metric averaged over eval batches `indices` (default: all); run(i) gives batch i's output
-        (default: a full forward of gm; fxq.accuracy.prefix computes the same from cached activations)."""
+        (default: a full forward of gm; fxq.accuracy.prefix computes the same from cached activations).
+        known: batch index -> the metric of that batch, already measured for this same graph: used instead of
+        running the batch, and filled in with the batches run (the sum is the same, in the same order)."""
         indices = list(range(len(self.batches)) if indices is None else indices)
+        known = {} if known is None else known
         total = 0.0
         with torch.no_grad():
             for i in indices:
-                value = self.metric(self.refs[i], run(i) if run else self.batches[i].call(self.gm))
-                if isinstance(value, torch.Tensor) and value.numel() == 1:
-                    value = value.item()
-                if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                    raise ValueError(f"metric returned {value!r} on eval batch {i + 1}; it must return a finite "
-                                     "float (lower is better), e.g. 1 - cosine of the outputs")
-                total += float(value)
+                if i not in known:
+                    known[i] = self._value(i, run(i) if run else self.batches[i].call(self.gm))
+                total += known[i]
         self.calls += 1
         return total / len(indices)
+
+    def _value(self, i: int, output) -> float:
+        value = self.metric(self.refs[i], output)
+        if isinstance(value, torch.Tensor) and value.numel() == 1:
+            value = value.item()
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError(f"metric returned {value!r} on eval batch {i + 1}; it must return a finite "
+                             "float (lower is better), e.g. 1 - cosine of the outputs")
+        return float(value)
 
 
 def _batches(data, device) -> list[Inputs]:

@@ -39,6 +39,10 @@ class GroupMeasure:
         # (floated set, checkpoints per batch) of the last measure(..., keep=True): a rebase to that set adopts them
         # instead of running the pass again. One such set at most is held beside the base's.
         self.kept: tuple[frozenset[str], list[dict]] | None = None
+        # floated set -> {batch index: metric}: a set measured again (the fallback's singletons, first on one batch
+        # to rank them, then on all) reuses the batches it has. Prefix runs give full forwards' outputs bit for bit,
+        # whatever the base, so a batch's value depends on the set alone.
+        self.values: dict[frozenset[str], dict[int, float]] = {}
         t = time.perf_counter()
         if not exhaustive:
             budget = memory_budget if memory_budget is not None else free_memory_budget(evaluator.batches)
@@ -94,8 +98,9 @@ class GroupMeasure:
             if self.runner is None:
                 return self.evaluator.measure(indices=batches)
             start = self.start(floated)
+            known = self.values.setdefault(floated, {}) if kept is None else None  # a kept run saves every batch
             return self.evaluator.measure(
-                lambda i: self.runner.run(i, start, save_to=None if kept is None else kept[i]), batches)
+                lambda i: self.runner.run(i, start, save_to=None if kept is None else kept[i]), batches, known)
 
     def _floated(self, floated: frozenset[str]):
         return self.switch.floated([e for g in sorted(floated) for e in self.edges[g]])
