@@ -49,6 +49,12 @@ MIN_GEMM_SHARE = 0.90
 NO_FP8 = fxq.QuantConfig(roles=fxq.RoleSpecs(**{f.name: None for f in dataclasses.fields(fxq.RoleSpecs)}))
 
 
+def no_fp8(model, example):
+    """The model through fxq with nothing quantized (no calibration): the plain FP16 baseline's program."""
+    return fxq.quantize(model, example, None, NO_FP8, calibration={"version": 1, "batches": 1, "amax": {}},
+                        progress=False)
+
+
 def _quantize(task, model, config, device, **kw):
     calib = [_to(b, device) for b in task.calib]
     return fxq.quantize(model, _to(task.example, device), calib, config, progress=False, **kw)
@@ -268,7 +274,7 @@ def _onnx_row(task, base, key, label, cpu_model, out_dir, calib_files, rows, inf
     t1 = time.perf_counter()
     example = {k: v for k, v in task.example.items()}
     if key == "FP16 ONNX":
-        q = fxq.quantize(cpu_model, example, None, NO_FP8, calibration={"version": 1, "batches": 1, "amax": {}}, progress=False)
+        q = no_fp8(cpu_model, example)
     else:  # rebuilt from the saved calibration file: its config (preset, fallback) and amax
         saved = out_dir / calib_files[key]
         cfg = fxq.QuantConfig.from_dict(json.loads(saved.read_text())["config"])

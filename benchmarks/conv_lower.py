@@ -28,7 +28,7 @@ import torch
 import transformers
 
 import fxq
-from benchmarks.gpu import median_ms
+from benchmarks.gpu import cosine, median_ms
 from fxq.conversion.graph_dtype import program_in_dtype
 
 
@@ -59,10 +59,6 @@ def unet(smoke: bool, batch: int, device):
 
 MODELS = {"resnet50": (resnet, 64), "unet": (unet, 2), "vit-base": (vit, 64)}
 CHANNELS_LAST = {"resnet50", "unet"}  # conv nets: cuDNN's tensor-core convs prefer NHWC, so the best FP16 path may too
-
-
-def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
-    return torch.nn.functional.cosine_similarity(a.double().flatten(), b.double().flatten(), 0).item()
 
 
 def first(y):

@@ -33,7 +33,7 @@ import torch
 import transformers
 
 import fxq
-from benchmarks.gpu import median_ms  # CUDA events on a GPU, perf_counter on CPU
+from benchmarks.gpu import cosine, median_ms  # noqa: F401  (cosine: re-exported for lower_diffusion; median_ms: CUDA events on a GPU)
 from fxq.capture.program import capture
 from fxq.conversion.graph_dtype import captured_dtype
 from fxq.lower.driver import Buffers, cast_graph, fuse_attention
@@ -48,10 +48,6 @@ def log(*a):
 
 def hidden(out) -> torch.Tensor:
     return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
-
-
-def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
-    return torch.nn.functional.cosine_similarity(a.double().flatten(), b.double().flatten(), dim=0).item()
 
 
 def profile_table(fn, iters: int = 5, rows: int = 25) -> str:

@@ -199,14 +199,13 @@ def run_task(task, args, out_dir: Path, log) -> None:
 
     torch_rows(with_fallback=False)
     torch_rows(with_fallback=True)
-    for wanted, rows in ((args.ablation, lambda: ablation_rows(task, base, next(r for r in RECIPES if r.label == ABLATED),
-                                                                models, args.device, add)),
-                         (args.fp16_graph, lambda: fp16_graph_rows(task, base, qms, models, args.device, add, log))):
-        try:
-            if wanted:
-                rows()
-        except Exception as e:  # noqa: BLE001  (explanatory rows: keep going to ModelOpt and ONNX)
-            log(f"  failed: {type(e).__name__}: {e}")
+    try:  # explanatory rows: one failing must not stop ModelOpt's and the ONNX rows
+        if args.ablation:
+            ablation_rows(task, base, next(r for r in RECIPES if r.label == ABLATED), models, args.device, add)
+        if args.fp16_graph:
+            fp16_graph_rows(task, base, qms, models, args.device, add, log)
+    except Exception as e:  # noqa: BLE001
+        log(f"  failed: {type(e).__name__}: {e}")
     if not args.no_modelopt:
         mo = modelopt_rows(task.name, args, out_dir, log)
         doc["modelopt"] = mo

@@ -41,10 +41,7 @@ def fp16_features(task, program, device) -> torch.Tensor:
 
 def fp16_graph_rows(task, base, qms: dict, models: dict, device, add, log) -> None:
     """One FP16-graph row per quantized recipe, and the FP16 graph without FP8 (the floor FP16 alone sets)."""
-    import fxq
-
-    plain = fxq.quantize(models["plain"], T._to(task.example, device), None, A.NO_FP8, progress=False,
-                         calibration={"version": 1, "batches": 1, "amax": {}})
+    plain = A.no_fp8(models["plain"], T._to(task.example, device))
     add(NO_FP8_FP16, base.score(fp16_features(task, plain.program, device)), A._placement_info(plain))
     for label, qm in qms.items():
         try:

@@ -2,7 +2,6 @@
 errors (CPU), and the Triton kernel against the reference on a Hopper GPU (skipped elsewhere)."""
 import warnings
 
-import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
@@ -184,17 +183,22 @@ CASES = [  # (shape, dtype, causal, mask kind)
 ]
 
 
+def _case_mask(kind, shape, dtype):
+    """A GPU case's mask: None, BERT-style padding (lengths t/2, t, 7), or a full random (Tq, Tk) mask."""
+    b, _, t, _ = shape
+    if kind == "padding":
+        return _padding_mask(b, t, [t // 2, t, 7][:b], device="cuda")
+    if kind == "full":
+        return torch.randn(b, 1, t, t, device="cuda", dtype=dtype)
+    return None
+
+
 @gpu
 @pytest.mark.parametrize("exact", [False, True])
 @pytest.mark.parametrize("shape, dtype, causal, mask_kind", CASES)
 def test_kernel_within_one_fp8_step_of_p(shape, dtype, causal, mask_kind, exact):
     q, k, v = _qkv(shape, seed=sum(shape), dtype=dtype, device="cuda")
-    b, _, t, _ = shape
-    mask = None
-    if mask_kind == "padding":
-        mask = _padding_mask(b, t, [t // 2, t, 7][:b], device="cuda")
-    elif mask_kind == "full":
-        mask = torch.randn(b, 1, t, t, device="cuda", dtype=dtype)
+    mask = _case_mask(mask_kind, shape, dtype)
     out = fp8_attention(q, k, v, *SCALES, mask=mask, is_causal=causal, exact_probs=exact)
     assert out.dtype == dtype and out.shape == shape and torch.isfinite(out).all()
     steps, miss, p_noise = kernel_error_in_probs_steps(out, q, k, v, mask, causal)
@@ -222,11 +226,7 @@ def test_kernel_reads_padded_and_dense_value_rows_alike(shape, dtype, causal, ma
     from fxq.kernels import fp8_attention_triton
     q, k, v = _qkv(shape, seed=sum(shape), dtype=dtype, device="cuda")
     b, h, t, d = shape
-    mask = None
-    if mask_kind == "padding":
-        mask = _padding_mask(b, t, [t // 2, t, 7][:b], device="cuda")
-    elif mask_kind == "full":
-        mask = torch.randn(b, 1, t, t, device="cuda", dtype=dtype)
+    mask = _case_mask(mask_kind, shape, dtype)
     q8, k8, _ = _codes(q, k, v)
     v8 = quantize_values(v, SCALES[2])
     if dense_values:  # rows of T bytes: the unaligned layout, byte loads

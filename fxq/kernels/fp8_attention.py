@@ -146,7 +146,7 @@ def quantize_values(v: torch.Tensor, v_scale: float) -> torch.Tensor:
     return value_rows_padded(v, lambda x: quantize_e4m3(x, v_scale))
 
 
-def value_rows_padded(v: torch.Tensor, quantize=lambda x: x) -> torch.Tensor:
+def value_rows_padded(v: torch.Tensor, quantize) -> torch.Tensor:
     """quantize(v) as a (B, H, T, D) view of (B, H, D, T rounded up to 16) storage. With a row stride that is
     not a multiple of 16 bytes (T = 4250 at SD3.5, 197 in ViT) Triton cannot prove alignment and loads V tiles
     one byte at a time instead of in 16-byte async copies (compiled for sm_90: 250 instead of 170 registers)."""
