@@ -9,6 +9,7 @@ finished measurement is appended to the results file as it goes.
     python -m benchmarks.fallback_speed                                   # DINOv2 512 x 84 px, then MiniLM
     python -m benchmarks.fallback_speed --models dinov2 --samples 64 --size 42   # a quick CPU smoke run
     python -m benchmarks.fallback_speed --device cuda                     # the GPU, when there is one
+    python -m benchmarks.fallback_speed --device cuda --bundle B --models dinov2   # where the packages are not
     python -m benchmarks.fallback_speed --paths fast                      # only the new path (no ratio)
 """
 from __future__ import annotations
@@ -41,12 +42,21 @@ def _record(out: Path, row: dict) -> None:
     print(json.dumps(row), flush=True)
 
 
-def dinov2_data(samples: int, size: int, batch: int, device: str):
+def dinov2_data(samples: int, size: int, batch: int, device: str, bundle: Path | None = None):
+    """DINOv2 and Fashion-MNIST train images: from the installed packages, or from an accuracy bundle
+    (benchmarks.accuracy --save-bundle: fp16-rounded weights, run in fp32) on a machine without them."""
     from benchmarks.datasets import fashion_mnist, fashion_mnist_pixels
     from fxq.cli import zoo
 
-    model = zoo.load_dinov2_small().to(device)
-    images, _ = fashion_mnist("train", 64 + samples)
+    if bundle is None:
+        model = zoo.load_dinov2_small()
+        images, _ = fashion_mnist("train", 64 + samples)
+    else:
+        from benchmarks.accuracy_tasks import load_bundle
+
+        model, data = load_bundle("vision", bundle)
+        images = data["train_images"][:64 + samples]
+    model = model.to(device)
     pix = lambda c: {"pixel_values": fashion_mnist_pixels(c, size).to(device)}  # noqa: E731
     calib = [pix(images[i:i + 32]) for i in range(0, 64, 32)]
     evals = [pix(images[i:i + batch]) for i in range(64, 64 + samples, batch)]
@@ -54,14 +64,15 @@ def dinov2_data(samples: int, size: int, batch: int, device: str):
 
 
 def fallback_speed(args, out: Path) -> None:
-    model, calib, evals = dinov2_data(args.samples, args.size, args.batch, args.device)
+    model, calib, evals = dinov2_data(args.samples, args.size, args.batch, args.device, args.bundle)
     example = {"pixel_values": calib[0]["pixel_values"][:2]}
     cal = calibrated(Request.check(model, example, calib, progress=False), StageClock())
     view = fake_quant_view(cal.program, cal.placement, cal.calibration.amax, cal.codes)
     evaluator = Evaluator(cal.program.module(), view.module, evals, None)
     all_fp8 = evaluator.measure()
     budget = args.budget_fraction * all_fp8
-    row = {"task": "fallback", "model": "DINOv2 ViT-S/14", "samples": args.samples, "size": args.size,
+    row = {"task": "fallback", "model": "DINOv2 ViT-S/14" + (" (bundle: fp16-rounded weights)" if args.bundle else ""),
+           "samples": args.samples, "size": args.size,
            "eval_batches": len(evals), "device": args.device, "all_fp8": all_fp8, "max_error": budget}
     plans = {}
     for path in args.paths:
@@ -120,6 +131,7 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     ap.add_argument("--out", type=Path, default=Path("results/fallback_speed.jsonl"))
     ap.add_argument("--quiet", action="store_true")
+    ap.add_argument("--bundle", type=Path, help="DINOv2 and images from a benchmarks.accuracy --save-bundle folder")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

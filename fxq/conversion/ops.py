@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from fxq.conversion import fused_qdq
 from onnx_post import fp8
 from onnx_post.fp8 import FP8_MAX, scale_from_amax  # noqa: F401  (re-exported for fxq's modules)
 
@@ -33,6 +34,8 @@ def fp8_qdq_reference(x: torch.Tensor, scale: float) -> torch.Tensor:
 
 @torch.library.custom_op("fxq::fp8_qdq", mutates_args=())
 def fp8_qdq(x: torch.Tensor, scale: float) -> torch.Tensor:
+    if fused_qdq.applies(x):  # inside fused_cpu_qdq(): the same values in one compiled pass
+        return fused_qdq.quantize_dequantize(x, scale)
     return fp8_qdq_reference(x, scale)
 
 

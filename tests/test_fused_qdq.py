@@ -1,0 +1,99 @@
+"""The searches' fused CPU Q/DQ (fxq/conversion/fused_qdq.py) computes what the eager op computes, bit for bit,
+and the searches give the same numbers with it as without it."""
+import shutil
+
+import pytest
+import torch
+
+import fxq
+from fxq.accuracy.sensitivity import sensitivity
+from fxq.conversion import fused_qdq
+from fxq.conversion.fused_qdq import fused_cpu_qdq
+from onnx_post import fp8
+
+pytestmark = pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None,
+                                reason="torch.compile's CPU backend needs a C++ compiler")
+
+
+def _bits(t):
+    return t.view({torch.float32: torch.int32, torch.float16: torch.int16, torch.bfloat16: torch.int16}[t.dtype])
+
+
+def _fused(x, scale):
+    with fused_cpu_qdq():
+        assert fused_qdq.applies(x)
+        y = torch.ops.fxq.fp8_qdq(x, scale)
+    assert fused_qdq._compiled, "the fused Q/DQ gave up and fell back to the eager op"
+    return y
+
+
+def test_compiles_here():
+    _fused(torch.randn(5000), 0.1)
+    assert fused_qdq._compiled, "the fused Q/DQ fell back to eager on a machine with a C++ compiler"
+
+
+def test_bit_for_bit_over_the_float32_range():
+    """Every sign, exponent and leading 7 mantissa bits with a few low patterns: every E4M3 tie and its
+    neighbours (the halfway bit lies in the top 16 bits at every FP8 exponent, subnormals included), saturation,
+    zeros, subnormal inputs, inf and NaN with payloads."""
+    high = torch.arange(1 << 16, dtype=torch.int64) << 16
+    low = torch.tensor([0, 1, 0x7FFF, 0x8000, 0x8001, 0xFFFF, 0x1234])
+    x = (high[:, None] | low[None, :]).reshape(-1).to(torch.int32).view(torch.float32)
+    for scale in (1.0, 2.0 / 448 + 1e-7, 1e-30, 3e5, 0.37):
+        assert torch.equal(_bits(_fused(x, scale)), _bits(fp8.quantize_dequantize(x, scale))), scale
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_bit_for_bit_for_every_half_precision_value(dtype):
+    x = torch.arange(1 << 16, dtype=torch.int32).to(torch.int16).view(dtype)
+    for scale in (1.0, 2.0 / 448 + 1e-7, 0.37, 1e-6):
+        got = _fused(x, scale)
+        assert got.dtype == dtype and torch.equal(_bits(got), _bits(fp8.quantize_dequantize(x, scale))), scale
+
+
+def test_not_contiguous_and_off_outside_the_block():
+    x = torch.randn(64, 33, 7).transpose(0, 2) * 50
+    y = _fused(x, 0.05)
+    assert y.shape == x.shape and torch.equal(_bits(y), _bits(fp8.quantize_dequantize(x, 0.05)))
+    assert not fused_qdq.applies(x)  # the block is closed again
+    with fused_cpu_qdq():
+        assert not fused_qdq.applies(torch.randn(8))  # small tensors stay eager
+
+
+class _MLP(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2, self.fc3 = torch.nn.Linear(64, 128), torch.nn.Linear(128, 64), torch.nn.Linear(64, 16)
+
+    def forward(self, x):
+        return self.fc3(torch.relu(self.fc2(torch.relu(self.fc1(x)))))
+
+
+def test_sensitivity_is_the_same_with_and_without_it(monkeypatch):
+    torch.manual_seed(0)
+    model = _MLP().eval()
+    x = torch.randn(192, 64)  # 64-row batches: every Q/DQ input holds >= MIN_NUMEL elements
+    calib, evals = [(x[:64],)], [(x[64:128],), (x[128:],)]
+    fused = sensitivity(model, (x[:2],), calib, evals, progress=False)
+    monkeypatch.setattr(fused_qdq, "MIN_NUMEL", 1 << 40)  # every Q/DQ eager
+    eager = sensitivity(model, (x[:2],), calib, evals, progress=False)
+    assert fused.baseline == eager.baseline > 0
+    assert [(r.group, r.metric) for r in fused.rows] == [(r.group, r.metric) for r in eager.rows]
+    assert {r.kind for r in fused.rows} >= {"gemm"}
+
+
+def test_one_compile_per_dtype_whatever_the_caller():
+    """Views, ranks, layouts, grad mode and requires_grad must not make torch.compile trace again: a search calls
+    the op from hundreds of graph positions (a recompile per caller would hit dynamo's limit and fail)."""
+    import torch._dynamo.utils as dynamo_utils
+
+    _fused(torch.randn(5000), 0.1)  # compiled for float32 in the op's dispatch context
+    x = torch.randn(4, 33, 64)
+    cases = [x, x.transpose(0, 2), x.view(-1, 64), x[:, 1:], x.unsqueeze(0), torch.randn(5000, requires_grad=True)]
+    before = dynamo_utils.counters["stats"]["unique_graphs"]
+    for dtype in (torch.float32, torch.float16, torch.bfloat16):
+        for c in cases:
+            for grad in (True, False):
+                with torch.set_grad_enabled(grad):
+                    _fused(c.to(dtype), 0.01)
+    assert dynamo_utils.counters["stats"]["unique_graphs"] - before <= 2  # fp16 and bf16 once each (fp32 done)
