@@ -3,7 +3,7 @@
 Model: the YOLOv8n backbone shipped in the nudenet wheel (benchmarks/onnx_convnet.py): 27 convs, 26 of them
 eligible for FP8 under TensorRT's rules (the RGB stem stays float). Task: a linear probe on its pooled pyramid
 features (strides 8, 16, 32) for Fashion-MNIST, fitted on FP32 features and applied unchanged to every variant's
-features of the same test images; the probe, scoring and paired bootstrap are benchmarks/accuracy.py's.
+features of the same test images; the probe, scoring and paired bootstrap are benchmarks/accuracy_tasks.py's.
 
     pip install --no-deps nudenet==3.4.2 && apt-get install -y dataset-fashion-mnist
     python -m benchmarks.accuracy_conv --out results/accuracy_conv.md            # ~15 min on 2 CPU cores
@@ -24,7 +24,8 @@ from pathlib import Path
 import torch
 
 import fxq
-from benchmarks import accuracy as A
+from benchmarks import accuracy_tasks as T
+from benchmarks import accuracy_variants as V
 from benchmarks.datasets import fashion_mnist
 from benchmarks.onnx_convnet import OnnxConvNet, nudenet_onnx
 from fxq.accuracy.groups import fp8_convs
@@ -41,14 +42,14 @@ def pixels(images: torch.Tensor, size: int) -> torch.Tensor:
     return x.expand(-1, 3, -1, -1).contiguous()
 
 
-def load_task(n_train: int, n_test: int, n_calib: int, n_eval: int, size: int, batch: int) -> A.Task:
+def load_task(n_train: int, n_test: int, n_calib: int, n_eval: int, size: int, batch: int) -> T.Task:
     tr_img, tr_lbl = fashion_mnist("train", n_train + n_calib + n_eval)
     te_img, te_lbl = fashion_mnist("test", n_test)
 
     def batches(images, n=batch):
-        return [{"images": pixels(c, size)} for c in A._chunks(images, n)]
+        return [{"images": pixels(c, size)} for c in T._chunks(images, n)]
 
-    return A.Task("conv", "YOLOv8n backbone (nudenet 3.4.2, 320n.onnx)", OnnxConvNet(nudenet_onnx()).eval(),
+    return T.Task("conv", "YOLOv8n backbone (nudenet 3.4.2, 320n.onnx)", OnnxConvNet(nudenet_onnx()).eval(),
                   train=batches(tr_img[:n_train]), test=batches(te_img),
                   calib=batches(tr_img[n_train:n_train + n_calib], 32), evals=batches(tr_img[n_train + n_calib:]),
                   train_labels=tr_lbl[:n_train], test_labels=te_lbl, features=lambda h, _b: h.float(),
@@ -70,7 +71,7 @@ def run(args) -> dict:
     size = SIZES["quick" if args.quick else "full"]
     task = load_task(**size, size=args.image_size, batch=args.batch)
     t0 = time.perf_counter()
-    base = A.fp32_baseline(task, "cpu")
+    base = T.fp32_baseline(task, "cpu")
     secs = {"fp32 features + probe": time.perf_counter() - t0}
     rows = {"FP32 torch": {**base.score(base.feats), "convs_fp8": 0}}
     variants = [("fxq FP8, conv roles on (default preset)", fxq.preset("tensorrt-fp8")),
@@ -81,9 +82,9 @@ def run(args) -> dict:
         t = time.perf_counter()
         with warnings.catch_warnings(record=True) as caught:  # conv roles off: the no-op warning, recorded
             warnings.simplefilter("always")
-            qm = A._quantize(task, task.model, cfg, "cpu")
+            qm = V._quantize(task, task.model, cfg, "cpu")
         qms[label] = qm
-        rows[label] = {**base.score(A.torch_features(task, qm, task.test, "cpu")), **conv_info(qm),
+        rows[label] = {**base.score(T.torch_features(task, qm, task.test, "cpu")), **conv_info(qm),
                        "warnings": sorted({str(w.message) for w in caught if issubclass(w.category, UserWarning)
                                             and "fxq" in w.filename + str(w.message)})}
         secs[label] = time.perf_counter() - t
@@ -104,10 +105,10 @@ def run(args) -> dict:
 
 def fallback_row(task, base, qm_all, rows, fraction: float) -> None:
     """fxq's budgeted fallback over conv groups: the most sensitive convs back to float until the eval split's
-    1 - cosine is at most `fraction` x the all-FP8 one (benchmarks/accuracy.py's sweep, one budget)."""
-    (info, qm), _ = A.choose_fallback(task, task.model, qm_all, "cpu", ("conv",), print, (fraction,))
+    1 - cosine is at most `fraction` x the all-FP8 one (benchmarks/accuracy_variants.py's sweep, one budget)."""
+    (info, qm), _ = V.choose_fallback(task, task.model, qm_all, "cpu", ("conv",), print, (fraction,))
     label = f"fxq FP8 + conv fallback ({fraction:g}x the all-FP8 eval error)"
-    rows[label] = {**base.score(A.torch_features(task, qm, task.test, "cpu")), **conv_info(qm),
+    rows[label] = {**base.score(T.torch_features(task, qm, task.test, "cpu")), **conv_info(qm),
                    "fallback": info["fallback"], "eval_error": [info["all_fp8"], info["final"]]}
     print(f"  {label}: {_fmt(rows[label])}, float: {info['fallback']}", flush=True)
 
@@ -116,15 +117,15 @@ def onnx_rows(task, base, qm, rows, tmp_dir: Path) -> None:
     """What TensorRT would be given: the FP8 ONNX in FP16 and a plain FP16 ONNX, both run in onnxruntime."""
     with warnings.catch_warnings():  # NO_FP8 quantizes nothing on purpose
         warnings.simplefilter("ignore")
-        plain = A._quantize(task, task.model, A.NO_FP8, "cpu")
+        plain = V._quantize(task, task.model, V.NO_FP8, "cpu")
     fp16 = None
     for label, q in (("FP16 ONNX, no FP8 (ORT)", plain), ("fxq FP8 ONNX fp16, conv roles on (ORT)", qm)):
         path = q.export_onnx(tmp_dir / f"{len(rows)}.onnx", dtype=torch.float16).path
-        r = base.score(A.onnx_features(task, path, task.test))
+        r = base.score(T.onnx_features(task, path, task.test))
         if fp16 is None:
             fp16 = r
         else:
-            r.update({f"vs_{k}": v for k, v in A.paired_delta(r["correct"], fp16["correct"], base.boot).items()})
+            r.update({f"vs_{k}": v for k, v in T.paired_delta(r["correct"], fp16["correct"], base.boot).items()})
         rows[label] = {**r, **conv_info(q)}
         print(f"  {label}: {_fmt(r)}", flush=True)
 
@@ -139,7 +140,7 @@ def markdown(doc: dict, command: str) -> str:
            "file into torch (matches onnxruntime on it to 2e-6). Task: "
            f"{doc['task']['data']}; input {doc['task']['input']}; feature: {doc['task']['feature']}. Linear probe "
            "(benchmarks/probe.py, L-BFGS, seed 0) fitted on FP32 torch features, applied unchanged to every variant. "
-           f"Deltas: paired bootstrap 95% CI ({A.BOOTSTRAP} resamples of the test items, the same resample for both "
+           f"Deltas: paired bootstrap 95% CI ({T.BOOTSTRAP} resamples of the test items, the same resample for both "
            "sides). Agreement: share of test items whose predicted class equals the FP32 prediction. The backbone has "
            "no GEMM and no attention, so with the conv roles off fxq places nothing (and warns): that row is the FP32 "
            "model. The deployment baseline is the plain FP16 ONNX row. The weights are Ultralytics YOLOv8n fine-tuned "
@@ -173,7 +174,7 @@ def main(argv=None) -> None:
     ap.add_argument("--no-onnx", dest="onnx", action="store_false", help="torch rows only")
     ap.add_argument("--fallback", type=float, default=0.5, help="conv fallback budget (x all-FP8 error); 0: none")
     args = ap.parse_args(argv)
-    torch.manual_seed(A.SEED)
+    torch.manual_seed(T.SEED)
     doc = run(args)
     doc.update(machine=f"{platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads",
                date=time.strftime("%Y-%m-%d"))

@@ -20,8 +20,8 @@ import time
 import torch
 
 import fxq
-from benchmarks.gpu import median_ms
-from benchmarks.gpu_fp8 import cosine, log
+from benchmarks.gpu import cosine, median_ms
+from benchmarks.gpu_fp8_bench import log
 
 FLUX = dict(num_layers=19, num_single_layers=38, attention_head_dim=128, num_attention_heads=24,
             joint_attention_dim=4096, pooled_projection_dim=768, in_channels=64, guidance_embeds=True)

@@ -27,10 +27,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks import accuracy as A
 from benchmarks import accuracy_tasks as T
+from benchmarks import accuracy_variants as V
 from benchmarks.recipe_explain import ablation_rows, fp16_graph_rows
-from fxq.accuracy.groups import Evaluator, fp8_gemms
+from fxq.accuracy.groups import Evaluator, fp8_gemm_flop_share, fp8_gemms
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELOPT_PY = ROOT / ".venv-modelopt" / "bin" / "python"
@@ -84,7 +84,7 @@ def flip_metric(probe, features):
 
 def counts(qm) -> dict:
     p = qm.placement
-    info = A._placement_info(qm)
+    info = V._placement_info(qm)
     info.update(gemms_fp8=len(fp8_gemms(p)), gemms=sum(1 for g in p.groups if g.kind == "gemm"))
     return info
 
@@ -95,25 +95,25 @@ def quantize_recipe(task, recipe: Recipe, models: dict, base, device, log):
 
     model = models["centered" if recipe.center_keys else "plain"]
     if recipe.fallback is None:
-        return A._quantize(task, model, recipe.config(), device), {}
+        return V._quantize(task, model, recipe.config(), device), {}
     evals = [T._to(b, device) for b in task.evals]
     if recipe.fallback == "flip":
         fb = fxq.Fallback(evals, FLIP_BUDGET, metric=flip_metric(base.probe, task.features))
-        return A._quantize(task, model, recipe.config(), device, fallback=fb), {"budget": f"{FLIP_BUDGET:.1%} flips"}
-    plain = A._quantize(task, model, recipe.config(), device)
+        return V._quantize(task, model, recipe.config(), device, fallback=fb), {"budget": f"{FLIP_BUDGET:.1%} flips"}
+    plain = V._quantize(task, model, recipe.config(), device)
     all_fp8 = Evaluator(model, plain.graph_module, evals, None).measure()
     kinds = ("gemm",) if recipe.fallback == "cosine" else ("attention", "gemm")
     chosen = None
     for frac in (0.9, 0.8, 0.7, 0.6, 0.5):  # the tightest that keeps >= 90% of GEMM FLOPs in FP8
         try:
-            qm = A._quantize(task, model, recipe.config(), device,
+            qm = V._quantize(task, model, recipe.config(), device,
                              fallback=fxq.Fallback(evals, frac * all_fp8, kinds=kinds))
         except fxq.ConfigError as e:  # out of reach with GEMMs alone
             log(f"    budget {frac}x: {e}")
             break
-        share = A.fp8_gemm_flop_share(qm.placement)
+        share = fp8_gemm_flop_share(qm.placement)
         log(f"    budget {frac}x all-FP8 cosine ({frac * all_fp8:.2e}): GEMM FP8 {100 * share:.1f}%")
-        if share < A.MIN_GEMM_SHARE:
+        if share < V.MIN_GEMM_SHARE:
             break
         chosen = (qm, {"budget": f"{frac}x all-FP8 eval 1-cosine ({frac * all_fp8:.2e})"})
     return chosen or (plain, {"budget": "none kept >= 90% GEMM FLOPs FP8: no fallback"})

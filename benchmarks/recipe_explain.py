@@ -12,8 +12,8 @@ import dataclasses
 
 import torch
 
-from benchmarks import accuracy as A
 from benchmarks import accuracy_tasks as T
+from benchmarks import accuracy_variants as V
 
 # name -> the RoleSpecs fields left float (attention probs are only quantized together with q, k and v)
 ABLATIONS = {
@@ -41,11 +41,11 @@ def fp16_features(task, program, device) -> torch.Tensor:
 
 def fp16_graph_rows(task, base, qms: dict, models: dict, device, add, log) -> None:
     """One FP16-graph row per quantized recipe, and the FP16 graph without FP8 (the floor FP16 alone sets)."""
-    plain = A.no_fp8(models["plain"], T._to(task.example, device))
-    add(NO_FP8_FP16, base.score(fp16_features(task, plain.program, device)), A._placement_info(plain))
+    plain = V.no_fp8(models["plain"], T._to(task.example, device))
+    add(NO_FP8_FP16, base.score(fp16_features(task, plain.program, device)), V._placement_info(plain))
     for label, qm in qms.items():
         try:
-            add(f"{label} FP16 graph torch", base.score(fp16_features(task, qm.program, device)), A._placement_info(qm))
+            add(f"{label} FP16 graph torch", base.score(fp16_features(task, qm.program, device)), V._placement_info(qm))
         except Exception as e:  # noqa: BLE001  (one failing conversion is a result too; keep the others)
             log(f"  {label} FP16 graph failed: {type(e).__name__}: {e}")
 
@@ -56,6 +56,6 @@ def ablation_rows(task, base, recipe, models: dict, device, add) -> None:
         cfg = recipe.config()
         cfg = dataclasses.replace(cfg, roles=dataclasses.replace(cfg.roles, **{r: None for r in roles}))
         model = models["centered" if recipe.center_keys else "plain"]
-        qm = A._quantize(task, model, cfg, device)
+        qm = V._quantize(task, model, cfg, device)
         add(f"ablation: {recipe.label}, {name} torch", base.score(T.torch_features(task, qm, task.test, device)),
-            A._placement_info(qm))
+            V._placement_info(qm))

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks import accuracy as A
 from benchmarks import accuracy_tasks as T
+from benchmarks import accuracy_variants as V
 from onnx_post.checker import check_model
 
 ROWS = ("fxq K centered + per-channel W", "fxq K centered + per-channel W + fallback (any group, cosine budget)",
@@ -58,7 +58,7 @@ def _source(label, task, models, qms, out_dir: Path):
     if label == MODELOPT:
         return out_dir / f"modelopt_{task.name}.onnx"
     if label == "FP16 ONNX, no FP8":
-        return A.no_fp8(models["plain"].to("cpu"), task.example)
+        return V.no_fp8(models["plain"].to("cpu"), task.example)
     saved = out_dir / f"calib_{task.name}.json"
     qms[label].save_calibration(saved)  # the calibration file alone carries the recipe's config
     model = models["centered" if "K centered" in label else "plain"].to("cpu")

@@ -12,9 +12,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from checker_graphs import attention_model
 from onnx_post.check_cli import main
 from onnx_post.checker import REASONS, InvalidModelError, check_model
-from tests.test_checker import attention_model
 from tests.test_checker_numeric import FP8, qdq_gemm, save
 
 F32 = TensorProto.FLOAT

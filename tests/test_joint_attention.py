@@ -14,10 +14,10 @@ from torch import nn
 from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
 import fxq
+from checker_graphs import Builder
 from fxq.conversion import ops
 from fxq.pt2e import FxqQuantizer, qdq_sites
 from onnx_post.checker import check_model
-from tests.test_checker import Builder
 
 
 # -- the checker on hand-built graphs ------------------------------------------------------------------------
