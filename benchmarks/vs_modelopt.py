@@ -21,7 +21,6 @@ from pathlib import Path
 
 import torch
 
-from benchmarks import accuracy as A
 from benchmarks import accuracy_tasks as T
 from benchmarks import datasets as D
 
@@ -38,12 +37,11 @@ STAGES = ("quantize", "export", "post_process", "save", "total", "peak_rss_mb", 
 def calibration_batches(model: str, n: int) -> dict:
     """The calibration batches both tools get (train side only), batches of 32."""
     if model == "minilm":
-        task = A.text_task(n_train=n, n_test=1, n_calib=n)
-        calib = task.calib
+        calib = T.load_task("text", {"text": (n, 1, n, 0)}, None, 32).calib  # (train, test, calib, eval) sizes
     else:
         size = 224 if model == "vit_base" else T.IMAGE_SIZE
         images, _ = D.fashion_mnist("train", n)
-        calib = [{"pixel_values": D.fashion_mnist_pixels(c, size)} for c in A._chunks(images, 32)]
+        calib = [{"pixel_values": D.fashion_mnist_pixels(c, size)} for c in T._chunks(images, 32)]
     return {"example": {k: v[:2] for k, v in calib[0].items()}, "calib": calib}
 
 

@@ -74,26 +74,36 @@ def test_sensitivity_is_the_same_with_and_without_it(monkeypatch):
     model = _MLP().eval()
     x = torch.randn(192, 64)  # 64-row batches: every Q/DQ input holds >= MIN_NUMEL elements
     calib, evals = [(x[:64],)], [(x[64:128],), (x[128:],)]
+    calls = []
+    monkeypatch.setattr(fused_qdq, "_qdq_bits", _counting(fused_qdq._qdq_bits, calls))
+    monkeypatch.setattr(fused_qdq, "_compiled", None)  # compile the counting wrapper
+    monkeypatch.setattr(fused_qdq, "COMPILE_PAYS_AFTER_S", 0.0)  # any search is "long": fused
     fused = sensitivity(model, (x[:2],), calib, evals, progress=False)
-    monkeypatch.setattr(fused_qdq, "MIN_NUMEL", 1 << 40)  # every Q/DQ eager
+    assert calls, "the long search did not run the fused Q/DQ"
+    monkeypatch.setattr(fused_qdq, "COMPILE_PAYS_AFTER_S", float("inf"))  # eager
     eager = sensitivity(model, (x[:2],), calib, evals, progress=False)
     assert fused.baseline == eager.baseline > 0
     assert [(r.group, r.metric) for r in fused.rows] == [(r.group, r.metric) for r in eager.rows]
     assert {r.kind for r in fused.rows} >= {"gemm"}
 
 
-def test_one_compile_per_dtype_whatever_the_caller():
-    """Views, ranks, layouts, grad mode and requires_grad must not make torch.compile trace again: a search calls
-    the op from hundreds of graph positions (a recompile per caller would hit dynamo's limit and fail)."""
-    import torch._dynamo.utils as dynamo_utils
+def _counting(fn, calls):
+    def counted(x, scale):
+        calls.append(1)  # runs while dynamo traces: once per compile
+        return fn(x, scale)
+    return counted
 
-    _fused(torch.randn(5000), 0.1)  # compiled for float32 in the op's dispatch context
-    x = torch.randn(4, 33, 64)
-    cases = [x, x.transpose(0, 2), x.view(-1, 64), x[:, 1:], x.unsqueeze(0), torch.randn(5000, requires_grad=True)]
-    before = dynamo_utils.counters["stats"]["unique_graphs"]
-    for dtype in (torch.float32, torch.float16, torch.bfloat16):
-        for c in cases:
-            for grad in (True, False):
-                with torch.set_grad_enabled(grad):
-                    _fused(c.to(dtype), 0.01)
-    assert dynamo_utils.counters["stats"]["unique_graphs"] - before <= 2  # fp16 and bf16 once each (fp32 done)
+
+def test_a_short_search_stays_eager():
+    from fxq.accuracy.groups import Evaluator, group_edges
+    from fxq.accuracy.measure import GroupMeasure
+    from fxq.conversion.fake_quant_view import fake_quant_view
+    from fxq.pipeline import Request, StageClock, calibrated
+
+    model, x = _MLP().eval(), torch.randn(64, 64)
+    cal = calibrated(Request.check(model, (x[:2],), [(x,)], progress=False), StageClock())
+    view = fake_quant_view(cal.program, cal.placement, cal.calibration.amax, cal.codes)
+    groups = GroupMeasure(view, Evaluator(cal.program.module(), view.module, [(x,)], None),
+                          group_edges(view.module, cal.placement))
+    assert not groups.fused  # compiling (seconds) would cost more than it saves
+    assert fused_qdq.worth_compiling(fused_qdq.COMPILE_PAYS_AFTER_S) and not fused_qdq.worth_compiling(1.0)

@@ -31,7 +31,6 @@ from tqdm.auto import tqdm
 
 from fxq.errors import ConfigError
 from fxq.conversion.fake_quant_view import FakeQuantView
-from fxq.conversion.fused_qdq import fused_cpu_qdq
 from fxq.accuracy.groups import Evaluator, check_metric, group_edges
 from fxq.accuracy.measure import GroupMeasure, minutes
 from fxq.accuracy.rank import Singletons, estimate_seconds
@@ -103,12 +102,6 @@ def search(view: FakeQuantView, evaluator: Evaluator, placement: Placement, fall
            progress: bool = True) -> FallbackPlan:
     """Choose the groups of `placement` to leave in float so that the metric is <= fallback.max_error,
     measured on the fake-quant `view` by `evaluator` (its references: the float program's outputs)."""
-    with fused_cpu_qdq():  # hundreds of fake-quant forwards: Q/DQ in one compiled pass on the CPU, same values
-        return _search(view, evaluator, placement, fallback, progress)
-
-
-def _search(view: FakeQuantView, evaluator: Evaluator, placement: Placement, fallback: Fallback,
-            progress: bool) -> FallbackPlan:
     candidates = {ge.group.id: ge for ge in group_edges(view.module, placement, kinds=fallback.kinds)
                   if ge.group.flops > 0}
     groups = GroupMeasure(view, evaluator, list(candidates.values()), exhaustive=fallback.exhaustive)

@@ -8,6 +8,7 @@ which computes the same outputs, bit for bit, in a fraction of the time.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from typing import Iterable, Sequence
@@ -16,6 +17,7 @@ import torch
 
 from fxq.accuracy.groups import Evaluator, GroupEdges, Switch
 from fxq.accuracy.prefix import PrefixRunner
+from fxq.conversion import fused_qdq
 from fxq.conversion.fake_quant_view import FakeQuantView
 
 MEMORY_SHARE = 0.25  # of the free memory on the eval device, at most, for the base's and the all-FP8 cached
@@ -43,6 +45,7 @@ class GroupMeasure:
         # to rank them, then on all) reuses the batches it has. Prefix runs give full forwards' outputs bit for bit,
         # whatever the base, so a batch's value depends on the set alone.
         self.values: dict[frozenset[str], dict[int, float]] = {}
+        self.fused = False  # the base pass runs eager: its time decides (below)
         t = time.perf_counter()
         if not exhaustive:
             budget = memory_budget if memory_budget is not None else free_memory_budget(evaluator.batches)
@@ -52,6 +55,9 @@ class GroupMeasure:
             self.all_fp8 = [dict(saved) for saved in self.runner.saved]
         self.baseline = self.measure(())  # prefix path: from the last checkpoint, the base pass just ran
         self.full_seconds = self.runner.full_seconds if self.runner else time.perf_counter() - t
+        # Sensitivity measures every group once, the fallback at least that much: when that work is long, run
+        # Q/DQ fused (the same values; compiling costs seconds up front, so short searches stay eager).
+        self.fused = fused_qdq.worth_compiling(len(groups) * self.full_seconds)
 
     def measure(self, floated: Iterable[str], batches: Sequence[int] | None = None, keep: bool = False) -> float:
         """The metric over eval batches `batches` (default: all) with `floated` in float. keep: hold this run's
@@ -87,20 +93,23 @@ class GroupMeasure:
                 saved.update(new)  # the checkpoints past where floated differs; those before are the base's
         elif self.runner is not None and floated != self.base:
             start = self.start(floated)
-            with self._floated(floated), torch.no_grad():
+            with self._floated(floated), torch.no_grad(), self._qdq():
                 for i in range(self.n_batches):
                     self.runner.run(i, start, rebase=True)
         self.base = floated
 
     def _measure(self, floated: frozenset[str], batches, kept: list[dict] | None = None) -> float:
         """kept: a dict per eval batch that receives the run's checkpoints (the base's stay as they are)."""
-        with self._floated(floated):
+        with self._floated(floated), self._qdq():
             if self.runner is None:
                 return self.evaluator.measure(indices=batches)
             start = self.start(floated)
             known = self.values.setdefault(floated, {}) if kept is None else None  # a kept run saves every batch
             return self.evaluator.measure(
                 lambda i: self.runner.run(i, start, save_to=None if kept is None else kept[i]), batches, known)
+
+    def _qdq(self):
+        return fused_qdq.fused_cpu_qdq() if self.fused else contextlib.nullcontext()
 
     def _floated(self, floated: frozenset[str]):
         return self.switch.floated([e for g in sorted(floated) for e in self.edges[g]])

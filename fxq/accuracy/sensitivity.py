@@ -17,7 +17,6 @@ from dataclasses import asdict, dataclass, field
 from tqdm.auto import tqdm
 
 from fxq.conversion.fake_quant_view import fake_quant_view
-from fxq.conversion.fused_qdq import fused_cpu_qdq
 from fxq.accuracy.groups import Evaluator, GroupEdges, group_edges
 from fxq.accuracy.measure import GroupMeasure, minutes
 from fxq.pipeline import Request, StageClock, calibrated
@@ -137,10 +136,9 @@ def sensitivity(model, example_inputs, calib_data, eval_data, *, config=None, me
     view = fake_quant_view(cal.program, cal.placement, cal.calibration.amax, cal.codes)
     evaluator = Evaluator(cal.program.module(), view.module, eval_data, metric)
     groups = group_edges(view.module, cal.placement)
-    with fused_cpu_qdq():  # a forward per group: Q/DQ in one compiled pass on the CPU, same values
-        measure = GroupMeasure(view, evaluator, groups, exhaustive=exhaustive)
-        values = measure_groups(measure, [ge.group.id for ge in groups], progress)
+    measure = GroupMeasure(view, evaluator, groups, exhaustive=exhaustive)
     baseline = measure.baseline
+    values = measure_groups(measure, [ge.group.id for ge in groups], progress)
     shares = flop_shares(groups, cal.placement)
     name = "1 - cosine" if metric is None else getattr(metric, "__name__", "metric")
     rows = [Row(ge.group.id, ge.group.kind, ge.group.module, values[ge.group.id], baseline - values[ge.group.id],

@@ -8,12 +8,14 @@ round(v * 512) / 512 below 2^-6, where E4M3's step is a fixed 2^-9. It needs no 
 leaves scalar. The result equals onnx_post.fp8.quantize_dequantize bit for bit (tests/test_fused_qdq.py
 sweeps float32 bit patterns at several scales, every E4M3 tie, every float16 and bfloat16).
 
-Only inside `fused_cpu_qdq()`, and only for CPU tensors of at least MIN_NUMEL elements (one compile,
-no shape specialisations). Where compiling fails (no C++ compiler), fp8_qdq stays eager, with one warning.
+Only inside `fused_cpu_qdq()`, which fxq.accuracy.measure.GroupMeasure enters when its work is long enough to
+pay for compiling, and only for CPU tensors of at least MIN_NUMEL elements (one compile, no shape
+specialisations). Where compiling fails (no C++ compiler), fp8_qdq stays eager, with one warning.
 """
 from __future__ import annotations
 
 import contextlib
+import functools
 import warnings
 
 import torch
@@ -22,6 +24,9 @@ from onnx_post import fp8
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)  # the graph dtypes fxq exports
 MIN_NUMEL = 4096  # below this, compiled-call overhead is most of the cost
+# The first fused call costs ~7 s on 2 cores even with inductor's disk cache warm (dynamo, inductor, cache
+# lookup): `fxq sensitivity minilm` took 32 s fused against 22 s eager. Worth it only for longer work.
+COMPILE_PAYS_AFTER_S = 120.0
 _active = 0  # fused_cpu_qdq() nesting depth
 _compiled = None  # the compiled function, False once compiling failed
 _checked: set = set()  # dtypes whose first fused result equalled the eager op's
@@ -67,8 +72,19 @@ def _bits(t: torch.Tensor) -> torch.Tensor:
     return t.view({4: torch.int32, 2: torch.int16}[t.element_size()])
 
 
+def worth_compiling(eager_seconds: float) -> bool:
+    """Whether work that takes about `eager_seconds` with the eager op should run fused."""
+    return eager_seconds >= COMPILE_PAYS_AFTER_S
+
+
 def applies(x: torch.Tensor) -> bool:
     return _active > 0 and x.device.type == "cpu" and x.numel() >= MIN_NUMEL and x.dtype in DTYPES
+
+
+@functools.lru_cache(maxsize=4096)
+def _scale_tensor(scale: float, dtype: torch.dtype) -> torch.Tensor:
+    """The graph-stored scale as a 0-d float32 tensor, made once per site (a search calls each site thousands of times)."""
+    return torch.tensor(fp8.stored_scale(scale, dtype), dtype=torch.float32)
 
 
 def quantize_dequantize(x: torch.Tensor, scale: float) -> torch.Tensor:
@@ -76,7 +92,7 @@ def quantize_dequantize(x: torch.Tensor, scale: float) -> torch.Tensor:
     fn = _function()
     if not fn:
         return fp8.quantize_dequantize(x, scale)
-    s = torch.tensor(fp8.stored_scale(scale, x.dtype), dtype=torch.float32)
+    s = _scale_tensor(scale, x.dtype)
     # Always a flat, detached, non-view tensor, outside autograd: the compiled code's guards then see only the
     # dtype (a view would guard its base's strides, and grad mode would count too: recompiles per caller).
     flat = x.reshape(-1).detach()
