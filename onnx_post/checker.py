@@ -45,18 +45,35 @@ def check_model(model_or_path: onnx.ModelProto | str | Path) -> Readiness:
     convs = [check_conv(x, n, fdtype, _check_gemm_input) for x in indexes for n in x.nodes if n.op_type == "Conv"]
     casts = sum(n.op_type == "Cast" for x in indexes for n in x.nodes)
     numeric = [r for x in indexes for r in check_numeric(x)]
-    return Readiness(gemms, attention, FLOAT_TYPES[fdtype], casts, numeric, notes=runtime_notes(indexes), convs=convs)
+    return Readiness(gemms, attention, FLOAT_TYPES[fdtype], casts, numeric, notes=runtime_notes(indexes, fdtype),
+                     convs=convs)
 
 
-def runtime_notes(indexes: list[GraphIndex]) -> list[str]:
-    """onnxruntime pitfalls of this file: a Relu feeding a QuantizeLinear is miscomputed by a default session."""
+def runtime_notes(indexes: list[GraphIndex], fdtype: int) -> list[str]:
+    """onnxruntime pitfalls of this file, each miscomputed by a default session (onnx_post/runtime.py says how)."""
+    fix = (f"run this file in onnxruntime with InferenceSession(..., disabled_optimizers={WRONG_ON_FP8!r}) "
+           "(fxq and --verify do)")
+    notes = []
     relu_q = sum(any(c.op_type == "QuantizeLinear" for c in x.consumers.get(n.output[0], []))
                  for x in indexes for n in x.nodes if n.op_type == "Relu")
-    if not relu_q:
-        return []
-    return [f"{relu_q} Relu -> QuantizeLinear: onnxruntime's {WRONG_ON_FP8[0]} drops the Relu, which is wrong "
-            f"for signed FP8; run this file in onnxruntime with "
-            f"InferenceSession(..., disabled_optimizers={WRONG_ON_FP8!r}) (fxq and --verify do)"]
+    if relu_q:
+        notes.append(f"{relu_q} Relu -> QuantizeLinear: onnxruntime's ReluQuantRewrite drops the Relu, which is wrong "
+                     f"for signed FP8; {fix}")
+    biased = sum(_feeds_quantize(x, n) for x in indexes for n in x.nodes
+                 if n.op_type in ("Conv", "Gemm") and len(n.input) > 2 and n.input[2])
+    if biased and fdtype != onnx.TensorProto.FLOAT:
+        notes.append(f"{biased} Conv/Gemm with a bias -> QuantizeLinear in a {FLOAT_TYPES[fdtype]} graph: "
+                     f"onnxruntime's WeightBiasQuantization rescales the bias by 1 / (x_scale * w_scale) in that "
+                     f"type, which overflows at FP8 scales (wrong biases); {fix}")
+    return notes
+
+
+def _feeds_quantize(gi: GraphIndex, node: onnx.NodeProto) -> bool:
+    """node's output reaches a QuantizeLinear directly or through one Relu (what onnxruntime's QDQ rewrites match)."""
+    readers = gi.consumers.get(node.output[0], [])
+    relus = [r for r in readers if r.op_type == "Relu"]
+    return any(r.op_type == "QuantizeLinear" for r in readers) or \
+        any(c.op_type == "QuantizeLinear" for r in relus for c in gi.consumers.get(r.output[0], []))
 
 
 def _float_bmm(gi: GraphIndex, node: onnx.NodeProto) -> GemmRow:

@@ -97,3 +97,44 @@ def test_onnx_session_runs_an_fp8_transformer_export_as_the_unoptimised_graph(tm
     ours = onnx_session(path).run(None, feed)[0]
     plain = onnx_session(path, optimize=False).run(None, feed)[0]
     assert np.isfinite(ours).all() and _cosine(ours, plain) > 0.999
+
+
+def test_onnx_session_keeps_fp16_conv_and_gemm_biases(tmp_path):
+    """onnxruntime's WeightBiasQuantization rewrites a Conv's or Gemm's float bias as int32 at x_scale * w_scale; in an
+    FP16 graph that ratio goes through float16 and overflows (FP8 scales multiply to ~1e-6): wrong biases, in silence.
+    onnx_session must compute what the unoptimised graph computes."""
+    import torch
+
+    import fxq
+
+    torch.manual_seed(0)
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1, self.conv2 = torch.nn.Conv2d(16, 32, 3, padding=1), torch.nn.Conv2d(32, 32, 3, padding=1)
+            self.fc1, self.fc2 = torch.nn.Linear(32, 32), torch.nn.Linear(32, 16)  # rank-2: Gemms in ONNX
+
+        def forward(self, x):  # the rewrite takes DQ -> Conv/Gemm -> (Relu) -> QuantizeLinear: conv1 and fc1
+            h = torch.relu(self.conv2(torch.relu(self.conv1(x)))).mean((2, 3))
+            return self.fc2(torch.relu(self.fc1(h)))
+
+    net = Net().eval()
+    with torch.no_grad():
+        for layer in (net.conv1, net.conv2, net.fc1, net.fc2):
+            layer.bias.normal_(0, 0.5)  # trained-model bias sizes: bias / (x_scale * w_scale) > 65504
+    x = torch.randn(4, 16, 12, 12)
+    path = str(fxq.quantize(net, x, [x], progress=False).export_onnx(tmp_path / "net.onnx", dtype=torch.float16).path)
+    feed = {onnx_session(path).get_inputs()[0].name: x.numpy().astype(np.float16)}
+    unoptimised = onnx_session(path, optimize=False).run(None, feed)[0].astype(np.float32)
+    fixed = onnx_session(path).run(None, feed)[0].astype(np.float32)
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    broken = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"],
+                                  disabled_optimizers=[o for o in WRONG_ON_FP8 if o != "WeightBiasQuantization"])
+    wrong = broken.run(None, feed)[0].astype(np.float32)
+    assert _cosine(fixed, unoptimised) > 0.9999
+    assert _cosine(wrong, unoptimised) < 0.999  # the rewrite's damage, so this test fails without the fix
+    notes = check_model(path).notes  # and the checker warns whoever runs the file in their own session
+    assert len(notes) == 2 and notes[1].startswith("2 Conv/Gemm with a bias -> QuantizeLinear in a float16 graph")
+    assert "WeightBiasQuantization" in notes[1] and f"disabled_optimizers={WRONG_ON_FP8!r}" in notes[1]
