@@ -83,7 +83,8 @@ def applies(x: torch.Tensor) -> bool:
 
 @functools.lru_cache(maxsize=4096)
 def _scale_tensor(scale: float, dtype: torch.dtype) -> torch.Tensor:
-    """The graph-stored scale as a 0-d float32 tensor, made once per site (a search calls each site thousands of times)."""
+    """The graph-stored scale as a 0-d float32 tensor, made once per site (a search calls each site thousands
+    of times)."""
     return torch.tensor(fp8.stored_scale(scale, dtype), dtype=torch.float32)
 
 
