@@ -24,6 +24,7 @@ from benchmarks.accuracy_tasks import (BOOTSTRAP, SEED, Baseline, Task, onnx_fea
                                        torch_features)
 from benchmarks.accuracy_variants import NO_FP8, _placement_info  # noqa: E402
 from benchmarks.probe import fit_linear_probe  # noqa: E402
+from fxq.calibration.io import CALIB_VERSION  # noqa: E402
 
 
 def _local_group_id(group: str, known: set) -> str:
@@ -60,9 +61,9 @@ def onnx_from(task: Task, device_dir: Path, out_dir: Path, rows_wanted: list[str
     boot = np.random.default_rng(SEED).integers(0, len(correct), size=(BOOTSTRAP, len(correct)))
     base = Baseline(task, probe, torch.zeros(0), saved["fp32_preds"], correct, boot)
     default = fxq.quantize(task.model, task.example, task.calib, progress=False)
-    amax = {"version": 1, "amax": default.amax, "batches": default.calibration_batches}
+    amax = {"version": CALIB_VERSION, "amax": default.amax, "batches": default.calibration_batches}
     known = {g.id for g in default.placement.groups}
-    configs = {"FP16 ONNX, no FP8 (ORT)": (NO_FP8, {"version": 1, "batches": 1, "amax": {}}, task.model),
+    configs = {"FP16 ONNX, no FP8 (ORT)": (NO_FP8, {"version": CALIB_VERSION, "batches": 1, "amax": {}}, task.model),
                "fxq FP8, K centered, ONNX fp16 (ORT)": (fxq.preset("tensorrt-fp8"), None, None)}
     for label, p in doc["placement"].items():
         base_cfg = fxq.preset("gemm-only") if "gemm-only" in label else fxq.preset("tensorrt-fp8")

@@ -45,11 +45,10 @@ def check_model(model_or_path: onnx.ModelProto | str | Path) -> Readiness:
     convs = [check_conv(x, n, fdtype, _check_gemm_input) for x in indexes for n in x.nodes if n.op_type == "Conv"]
     casts = sum(n.op_type == "Cast" for x in indexes for n in x.nodes)
     numeric = [r for x in indexes for r in check_numeric(x)]
-    return Readiness(gemms, attention, FLOAT_TYPES[fdtype], casts, numeric, notes=runtime_notes(indexes, fdtype),
-                     convs=convs)
+    return Readiness(gemms, attention, FLOAT_TYPES[fdtype], casts, numeric, notes=runtime_notes(indexes), convs=convs)
 
 
-def runtime_notes(indexes: list[GraphIndex], fdtype: int) -> list[str]:
+def runtime_notes(indexes: list[GraphIndex]) -> list[str]:
     """onnxruntime pitfalls of this file, each miscomputed by a default session (onnx_post/runtime.py says how)."""
     fix = (f"run this file in onnxruntime with InferenceSession(..., disabled_optimizers={WRONG_ON_FP8!r}) "
            "(fxq and --verify do)")
@@ -59,21 +58,31 @@ def runtime_notes(indexes: list[GraphIndex], fdtype: int) -> list[str]:
     if relu_q:
         notes.append(f"{relu_q} Relu -> QuantizeLinear: onnxruntime's ReluQuantRewrite drops the Relu, which is wrong "
                      f"for signed FP8; {fix}")
-    biased = sum(_feeds_quantize(x, n) for x in indexes for n in x.nodes
-                 if n.op_type in ("Conv", "Gemm") and len(n.input) > 2 and n.input[2])
-    if biased and fdtype != onnx.TensorProto.FLOAT:
-        notes.append(f"{biased} Conv/Gemm with a bias -> QuantizeLinear in a {FLOAT_TYPES[fdtype]} graph: "
-                     f"onnxruntime's WeightBiasQuantization rescales the bias by 1 / (x_scale * w_scale) in that "
-                     f"type, which overflows at FP8 scales (wrong biases); {fix}")
+    biased = sum(_bias_rewritten(x, n) for x in indexes for n in x.nodes)
+    if biased:
+        notes.append(f"{biased} Conv/ConvTranspose/Gemm with a bias on a path to a QuantizeLinear: onnxruntime's "
+                     f"WeightBiasQuantization rewrites the bias as int32 at x_scale * w_scale; at FP8 scales bias / "
+                     f"(x_scale * w_scale) overflows float16 in FP16 graphs (and int32 for large biases), and the "
+                     f"bias comes back wrong; {fix}")
     return notes
 
 
-def _feeds_quantize(gi: GraphIndex, node: onnx.NodeProto) -> bool:
-    """node's output reaches a QuantizeLinear directly or through one Relu (what onnxruntime's QDQ rewrites match)."""
-    readers = gi.consumers.get(node.output[0], [])
-    relus = [r for r in readers if r.op_type == "Relu"]
-    return any(r.op_type == "QuantizeLinear" for r in readers) or \
-        any(c.op_type == "QuantizeLinear" for r in relus for c in gi.consumers.get(r.output[0], []))
+def _bias_rewritten(gi: GraphIndex, node: onnx.NodeProto) -> bool:
+    """What onnxruntime's WeightBiasQuantization matches: a Conv, ConvTranspose or Gemm with a bias whose input
+    comes from a DequantizeLinear and whose output leads, through Relu/Clip nodes with one reader each, to a
+    QuantizeLinear."""
+    if node.op_type not in ("Conv", "ConvTranspose", "Gemm") or len(node.input) < 3 or not node.input[2]:
+        return False
+    if getattr(gi.producer.get(node.input[0]), "op_type", None) != "DequantizeLinear":
+        return False
+    out = node.output[0]
+    while len(readers := gi.consumers.get(out, [])) == 1:
+        if readers[0].op_type == "QuantizeLinear":
+            return True
+        if readers[0].op_type not in ("Relu", "Clip"):
+            return False
+        out = readers[0].output[0]
+    return False
 
 
 def _float_bmm(gi: GraphIndex, node: onnx.NodeProto) -> GemmRow:

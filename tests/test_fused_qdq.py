@@ -5,7 +5,6 @@ import shutil
 import pytest
 import torch
 
-import fxq
 from fxq.accuracy.sensitivity import sensitivity
 from fxq.conversion import fused_qdq
 from fxq.conversion.fused_qdq import fused_cpu_qdq
@@ -41,6 +40,15 @@ def test_bit_for_bit_over_the_float32_range():
     x = (high[:, None] | low[None, :]).reshape(-1).to(torch.int32).view(torch.float32)
     for scale in (1.0, 2.0 / 448 + 1e-7, 1e-30, 3e5, 0.37):
         assert torch.equal(_bits(_fused(x, scale)), _bits(fp8.quantize_dequantize(x, scale))), scale
+
+
+def test_bit_for_bit_at_a_size_with_a_vector_tail():
+    """4099 elements: the compiled loop's scalar tail and the eager conversion's, every value but NaN's sign (the
+    eager float16 -> float32 conversion drops it in its scalar tail; fused keeps x's sign everywhere)."""
+    for dtype in (torch.float32, torch.float16, torch.bfloat16):
+        x = (torch.randn(4099) * 40).to(dtype)
+        x[-5:] = torch.tensor([448.0, -480.0, 2.0 ** -7, -(2.0 ** -10), 0.0]).to(dtype)
+        assert torch.equal(_bits(_fused(x, 0.37)), _bits(fp8.quantize_dequantize(x, 0.37))), dtype
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
@@ -79,7 +87,7 @@ def test_sensitivity_is_the_same_with_and_without_it(monkeypatch):
     monkeypatch.setattr(fused_qdq, "_compiled", None)  # compile the counting wrapper
     monkeypatch.setattr(fused_qdq, "COMPILE_PAYS_AFTER_S", 0.0)  # any search is "long": fused
     fused = sensitivity(model, (x[:2],), calib, evals, progress=False)
-    assert calls, "the long search did not run the fused Q/DQ"
+    assert calls and fused_qdq._compiled, "the long search did not run the fused Q/DQ"
     monkeypatch.setattr(fused_qdq, "COMPILE_PAYS_AFTER_S", float("inf"))  # eager
     eager = sensitivity(model, (x[:2],), calib, evals, progress=False)
     assert fused.baseline == eager.baseline > 0

@@ -1,6 +1,7 @@
 """onnxruntime's ReluQuantRewrite is wrong for signed FP8; onnx_post.runtime.onnx_session avoids it, and the
 checker says so (a note, not a readiness failure) wherever a Relu feeds a QuantizeLinear."""
 import numpy as np
+import pytest
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
@@ -136,5 +137,32 @@ def test_onnx_session_keeps_fp16_conv_and_gemm_biases(tmp_path):
     assert _cosine(fixed, unoptimised) > 0.9999
     assert _cosine(wrong, unoptimised) < 0.999  # the rewrite's damage, so this test fails without the fix
     notes = check_model(path).notes  # and the checker warns whoever runs the file in their own session
-    assert len(notes) == 2 and notes[1].startswith("2 Conv/Gemm with a bias -> QuantizeLinear in a float16 graph")
+    assert len(notes) == 2 and notes[1].startswith("2 Conv/ConvTranspose/Gemm with a bias on a path to a Quantize")
     assert "WeightBiasQuantization" in notes[1] and f"disabled_optimizers={WRONG_ON_FP8!r}" in notes[1]
+
+
+def test_onnx_session_loads_a_clip_before_quantize_and_computes_it(tmp_path):
+    """ReLU6 / Hardtanh export as Clip; onnxruntime's ClipQuantRewrite folds a Clip into the QuantizeLinear after it,
+    assuming an integer zero point: on FP8 the session failed to load. onnx_session must load it and compute what the
+    unoptimised graph computes; the checker notes the conv whose bias WeightBiasQuantization would take (Clip path)."""
+    import torch
+
+    import fxq
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(16, 32, 3, padding=1), torch.nn.ReLU6(),
+                              torch.nn.Conv2d(32, 32, 3, padding=1), torch.nn.Hardtanh(-1, 1),
+                              torch.nn.Conv2d(32, 16, 1)).eval()  # channels of 16: every conv FP8
+    x = torch.randn(2, 16, 8, 8)
+    path = str(fxq.quantize(net, x, [x], progress=False).export_onnx(tmp_path / "r6.onnx", dtype=torch.float32).path)
+    feed = {onnx_session(path).get_inputs()[0].name: x.numpy()}
+    got = onnx_session(path).run(None, feed)[0]
+    want = onnx_session(path, optimize=False).run(None, feed)[0]
+    assert _cosine(got, want) > 0.99999
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 4
+    others = [o for o in WRONG_ON_FP8 if o != "ClipQuantRewrite"]
+    with pytest.raises(Exception, match="zero_point"):  # what onnx_session avoids
+        ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"], disabled_optimizers=others)
+    notes = check_model(path).notes
+    assert any(n.startswith("2 Conv/ConvTranspose/Gemm with a bias on a path") for n in notes), notes
