@@ -55,6 +55,8 @@ class _SignalGuard:
         if threading.current_thread() is not threading.main_thread():
             return  # signal handlers can only be set from the main thread; fall back to plain cleanup
         for s in SIGNALS:
+            if signal.getsignal(s) is signal.SIG_IGN:
+                continue  # the process ignores it (e.g. started with it ignored): so do we, as without the guard
             self.previous[s] = signal.signal(s, self.handler)
 
     def restore(self) -> None:
@@ -66,10 +68,6 @@ class _SignalGuard:
 def _redeliver(signum: int) -> None:
     """Act on the signal as the process would have without us (handlers already restored)."""
     signal.raise_signal(signum)  # SIG_DFL ends the process here; Python's SIGINT handler raises KeyboardInterrupt
-    if signal.getsignal(signum) is signal.default_int_handler:
-        # raise_signal returned without Python's handler having run (seen once in CI, on 2 loaded cores): do what
-        # that handler does, rather than carry on as if the user had not pressed Ctrl-C
-        raise KeyboardInterrupt
 
 
 def check_targets(path: str | os.PathLike, companions: Sequence[str] = ()) -> None:

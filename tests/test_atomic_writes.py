@@ -28,8 +28,14 @@ WRITER = textwrap.dedent("""
 """)
 
 
+def _default_signals():
+    # A pytest worker may run with SIGINT ignored, which a child inherits through exec: give the child the defaults
+    for s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, signal.SIG_DFL)
+
+
 def _interrupt_child(argv, target, sig, ready=b"writing"):
-    p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
+    p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT, preexec_fn=_default_signals)
     line = p.stdout.readline()
     assert line.strip() == ready, line + p.stderr.read()
     p.send_signal(sig)
@@ -93,3 +99,18 @@ def test_failed_write_keeps_old_target(tmp_path):
             raise RuntimeError("boom")
     assert [p.name for p in tmp_path.iterdir()] == ["m.onnx"] and target.read_text() == "old"
 
+
+
+def test_an_ignored_signal_stays_ignored(tmp_path):
+    """A process that ignores SIGINT (started under nohup-like parents, some test workers) keeps ignoring it while
+    fxq writes: the guard must not turn an ignored signal into an interrupted write."""
+    import fxq.atomic as atomic
+
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with atomic.staging(tmp_path / "out.bin") as tmp:
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+            (tmp / "out.bin").write_bytes(b"x")
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN and (tmp_path / "out.bin").read_bytes() == b"x"
+    finally:
+        signal.signal(signal.SIGINT, old)
