@@ -9,13 +9,10 @@ from fxq.accuracy.sensitivity import sensitivity
 from fxq.conversion import fused_qdq
 from fxq.conversion.fused_qdq import fused_cpu_qdq
 from onnx_post import fp8
+from tests.test_ops import _bits  # the integer view the eager op's own sweeps compare
 
 pytestmark = pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None,
                                 reason="torch.compile's CPU backend needs a C++ compiler")
-
-
-def _bits(t):
-    return t.view({torch.float32: torch.int32, torch.float16: torch.int16, torch.bfloat16: torch.int16}[t.dtype])
 
 
 def _fused(x, scale):

@@ -100,6 +100,14 @@ def test_onnx_session_runs_an_fp8_transformer_export_as_the_unoptimised_graph(tm
     assert np.isfinite(ours).all() and _cosine(ours, plain) > 0.999
 
 
+def _session_allowing(rewrite: str, path: str):
+    """onnx_session's session but with onnxruntime's `rewrite` left on: what a user's default session does there."""
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 4
+    return ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"],
+                                disabled_optimizers=[o for o in WRONG_ON_FP8 if o != rewrite])
+
+
 def test_onnx_session_keeps_fp16_conv_and_gemm_biases(tmp_path):
     """onnxruntime's WeightBiasQuantization rewrites a Conv's or Gemm's float bias as int32 at x_scale * w_scale; in an
     FP16 graph that ratio goes through float16 and overflows (FP8 scales multiply to ~1e-6): wrong biases, in silence.
@@ -129,11 +137,7 @@ def test_onnx_session_keeps_fp16_conv_and_gemm_biases(tmp_path):
     feed = {onnx_session(path).get_inputs()[0].name: x.numpy().astype(np.float16)}
     unoptimised = onnx_session(path, optimize=False).run(None, feed)[0].astype(np.float32)
     fixed = onnx_session(path).run(None, feed)[0].astype(np.float32)
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    broken = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"],
-                                  disabled_optimizers=[o for o in WRONG_ON_FP8 if o != "WeightBiasQuantization"])
-    wrong = broken.run(None, feed)[0].astype(np.float32)
+    wrong = _session_allowing("WeightBiasQuantization", path).run(None, feed)[0].astype(np.float32)
     assert _cosine(fixed, unoptimised) > 0.9999
     assert _cosine(wrong, unoptimised) < 0.999  # the rewrite's damage, so this test fails without the fix
     notes = check_model(path).notes  # and the checker warns whoever runs the file in their own session
@@ -159,10 +163,7 @@ def test_onnx_session_loads_a_clip_before_quantize_and_computes_it(tmp_path):
     got = onnx_session(path).run(None, feed)[0]
     want = onnx_session(path, optimize=False).run(None, feed)[0]
     assert _cosine(got, want) > 0.99999
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 4
-    others = [o for o in WRONG_ON_FP8 if o != "ClipQuantRewrite"]
     with pytest.raises(Exception, match="zero_point"):  # what onnx_session avoids
-        ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"], disabled_optimizers=others)
+        _session_allowing("ClipQuantRewrite", path)
     notes = check_model(path).notes
     assert any(n.startswith("2 Conv/ConvTranspose/Gemm with a bias on a path") for n in notes), notes
