@@ -112,3 +112,25 @@ def test_a_short_search_stays_eager():
                           group_edges(view.module, cal.placement))
     assert not groups.fused  # compiling (seconds) would cost more than it saves
     assert fused_qdq.worth_compiling(fused_qdq.COMPILE_PAYS_AFTER_S) and not fused_qdq.worth_compiling(1.0)
+
+
+def test_no_compiler_warns_once_and_stays_eager(monkeypatch):
+    def no_compiler(*args, **kwargs):
+        raise RuntimeError("no C++ compiler")
+
+    monkeypatch.setattr(fused_qdq, "_compiled", None)
+    monkeypatch.setattr(fused_qdq.torch, "compile", no_compiler)
+    x = torch.randn(5000) * 30
+    with fused_cpu_qdq(), pytest.warns(UserWarning, match=r"fused CPU Q/DQ unavailable, using the eager op "
+                                                          r"\(RuntimeError: no C\+\+ compiler\)"):
+        y = torch.ops.fxq.fp8_qdq(x, 0.1)
+    assert fused_qdq._compiled is False and torch.equal(_bits(y), _bits(fp8.quantize_dequantize(x, 0.1)))
+
+
+def test_a_compiled_result_that_differs_is_dropped_for_the_eager_op(monkeypatch):
+    monkeypatch.setattr(fused_qdq, "_compiled", lambda x, s: x * 0)  # stands in for a miscompiled kernel
+    monkeypatch.setattr(fused_qdq, "_checked", set())
+    x = torch.randn(5000) * 30
+    with fused_cpu_qdq(), pytest.warns(UserWarning, match=r"\(RuntimeError: compiled Q/DQ differs from the eager op\)"):
+        y = torch.ops.fxq.fp8_qdq(x, 0.1)
+    assert fused_qdq._compiled is False and torch.equal(_bits(y), _bits(fp8.quantize_dequantize(x, 0.1)))
