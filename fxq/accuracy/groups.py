@@ -11,6 +11,7 @@ that group would give.
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 from dataclasses import dataclass
 from typing import Callable, Iterable
@@ -120,6 +121,12 @@ class Evaluator:
         with torch.no_grad():
             self.refs = [b.call(reference) for b in self.batches]
         self.calls = 0
+
+    def head(self, n: int) -> "Evaluator":
+        """This evaluator on its first n eval batches (the references are shared, not computed again)."""
+        part = copy.copy(self)
+        part.batches, part.refs, part.calls = self.batches[:n], self.refs[:n], 0
+        return part
 
     def measure(self, run: Callable[[int], object] | None = None, indices: Iterable[int] | None = None,
                 known: dict[int, float] | None = None) -> float:

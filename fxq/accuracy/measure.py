@@ -28,7 +28,8 @@ class GroupMeasure:
     """measure(groups) -> the metric with those group ids in float and every other group in FP8."""
 
     def __init__(self, view: FakeQuantView, evaluator: Evaluator, groups: Sequence[GroupEdges],
-                 exhaustive: bool = False, memory_budget: int | None = None):
+                 exhaustive: bool = False, memory_budget: int | None = None, fused: bool | None = None):
+        """fused: run Q/DQ fused (fxq/conversion/fused_qdq.py); None: where groups x one pass takes long."""
         self.switch, self.evaluator = Switch(view), evaluator
         self.edges = {ge.group.id: ge.edges for ge in groups}
         nodes = list(view.module.graph.nodes)
@@ -57,7 +58,7 @@ class GroupMeasure:
         self.full_seconds = self.runner.full_seconds if self.runner else time.perf_counter() - t
         # Sensitivity measures every group once, the fallback at least that much: when that work is long, run
         # Q/DQ fused (the same values; compiling costs seconds up front, so short searches stay eager).
-        self.fused = fused_qdq.worth_compiling(len(groups) * self.full_seconds)
+        self.fused = fused_qdq.worth_compiling(len(groups) * self.full_seconds) if fused is None else fused
 
     def measure(self, floated: Iterable[str], batches: Sequence[int] | None = None, keep: bool = False) -> float:
         """The metric over eval batches `batches` (default: all) with `floated` in float. keep: hold this run's

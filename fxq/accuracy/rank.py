@@ -4,7 +4,7 @@ the greedy's choice could depend on it.
 The exhaustive path measures every candidate alone on every eval batch before the greedy starts.
 The fast path estimates each on the first eval batch (a proxy: the batch's gain, shifted onto the
 full metric), measures exactly the `min_exact` best by estimate, and leaves the rest to the greedy:
-wherever the exhaustive greedy would compare stale singleton scores, fallback.search asks for the
+wherever the exhaustive greedy would compare stale singleton scores, the greedy (greedy.py) asks for the
 exact value of every candidate whose estimate, less twice the largest estimate error seen so far,
 could still beat the best exact score (`lowest_possible`). So the fast path makes the exhaustive
 path's choices, the same evaluations aside, as long as no unmeasured estimate is off by more than
