@@ -1,7 +1,7 @@
 """Fallback(quick=True): the greedy on the first eighth of the eval batches, then measured on all of them.
 
-What it promises, checked here: the result meets max_error on every eval batch, as a full forward
-measures it; where the proxy batch ranks groups as the whole data does, it makes the exhaustive
+What it promises, checked here: the result meets max_error averaged over all the eval batches, as
+full forwards measure it; where the proxy batch ranks groups as the whole data does, it makes the exhaustive
 path's choices; where it does not, the check corrects it (more groups while over budget, measured
 put-backs while under). What it does not promise: the exhaustive path's choices everywhere.
 """
@@ -11,7 +11,7 @@ import torch
 import fxq
 from fxq.accuracy.fallback import proxy_batches, search
 from fxq.accuracy.greedy import stale_gain
-from fxq.accuracy.groups import group_edges
+from fxq.accuracy.groups import Evaluator, group_edges
 from fxq.accuracy.measure import GroupMeasure
 from fxq.errors import ConfigError
 from sensitive_models import data, two_blocks
@@ -45,11 +45,12 @@ def test_quick_makes_the_exhaustive_choices_where_the_proxy_ranks_alike(model, k
 
 
 @pytest.mark.parametrize("sensitive, fraction", [(("a", "b"), 0.5), ((), 0.5), ((), 0.05), (("a",), 0.05)])
-def test_quick_meets_the_budget_on_every_batch_whatever_the_proxy_says(sensitive, fraction):
+def test_quick_meets_the_budget_on_all_the_eval_data_whatever_the_proxy_says(sensitive, fraction):
     model = two_blocks(sensitive=sensitive)
     cal, view, evaluator = _setup(model, evals=EVAL4)
     budget = fraction * evaluator.measure()
     exhaustive, quick, full = _plans(model, budget)
+    assert quick.proxy_batches == 1 and quick.checked  # the quick search ran, and measured its choice
     assert quick.final == full.measure(quick.groups) <= budget  # measured, not estimated
     assert all(c.gain == c.gain and c.flops > 0 for c in quick.choices)
 
@@ -125,3 +126,22 @@ def test_stale_scores_keep_their_share_of_the_error():
     plan = search(view, evaluator, cal.placement, fxq.Fallback(evals, 0.5 * evaluator.measure(), exhaustive=True),
                   progress=False)
     assert plan.groups == ("a:attention", "b:attention")
+
+
+def test_a_proxy_with_no_error_hands_over_to_the_exact_search(capsys):
+    """A metric that scores the (smaller) first batch 0 leaves nothing to scale the budget by: quick says so and
+    runs the exact search, which makes the exhaustive choice."""
+    def metric(ref, out):
+        cos = torch.nn.functional.cosine_similarity(ref.flatten(1), out.flatten(1)).mean()
+        return 0.0 if ref.shape[0] == 4 else float(1 - cos)
+
+    evals = [EVAL4[0][:4]] + EVAL4[1:]
+    model = two_blocks(sensitive=("a",))
+    cal, view, _ = _setup(model, evals=evals)
+    evaluator = Evaluator(cal.program.module(), view.module, evals, metric)
+    budget = 0.5 * evaluator.measure()
+    plans = [search(view, evaluator, cal.placement, fxq.Fallback(evals, budget, metric=metric, **kw), progress=True)
+             for kw in ({"quick": True}, {"exhaustive": True})]
+    assert "show no FP8 error, so quick=True cannot scale" in capsys.readouterr().err
+    quick, exhaustive = plans
+    assert quick.proxy_batches == 0 and quick.checked == [] and quick.groups == exhaustive.groups

@@ -39,7 +39,7 @@ from fxq.errors import ConfigError
 from fxq.conversion.fake_quant_view import FakeQuantView
 from fxq.accuracy.greedy import lazy_greedy
 from fxq.accuracy.groups import Evaluator, check_metric, group_edges
-from fxq.accuracy.measure import GroupMeasure, minutes
+from fxq.accuracy.measure import GroupMeasure, free_memory_budget, minutes
 from fxq.accuracy.rank import estimate_seconds
 from fxq.placement.place import Placement
 
@@ -106,7 +106,7 @@ class FallbackPlan:
     final: float  # the metric with `choices` left in float
     max_error: float
     choices: list[Choice] = field(default_factory=list)
-    evaluations: int = 0
+    evaluations: int = 0  # metric evaluations: each over every eval batch, or (quick) over the proxy's batches
     proxy_batches: int = 0  # quick: the eval batches the greedy ran on (0: it ran on all of them)
     checked: list[float] = field(default_factory=list)  # quick: the metric of each set measured on every eval
     # batch, in order: the proxy's choice, then each correction (while over budget) and each put-back tried
@@ -122,16 +122,25 @@ def search(view: FakeQuantView, evaluator: Evaluator, placement: Placement, fall
     measured on the fake-quant `view` by `evaluator` (its references: the float program's outputs)."""
     edges = [ge for ge in group_edges(view.module, placement, kinds=fallback.kinds) if ge.group.flops > 0]
     candidates = {ge.group.id: ge.group for ge in edges}
-    groups = GroupMeasure(view, evaluator, edges, exhaustive=fallback.exhaustive)
+    n_batches = len(evaluator.batches)
+    n_proxy = proxy_batches(n_batches) if fallback.quick else 0
+    # quick: the proxy's cached activations come out of the same memory share, by batch count
+    memory = free_memory_budget(evaluator.batches) if n_proxy else None
+    groups = GroupMeasure(view, evaluator, edges, exhaustive=fallback.exhaustive,
+                          memory_budget=memory and memory * (n_batches - n_proxy) // n_batches)
     plan = FallbackPlan(groups.baseline, groups.baseline, fallback.max_error)
     if groups.baseline <= fallback.max_error:
         return plan
-    n_proxy = proxy_batches(groups.n_batches) if fallback.quick else 0
-    proxy = None
+    proxy = proxy_calls = None
     if n_proxy:
-        proxy = GroupMeasure(view, evaluator.head(n_proxy), edges, fused=groups.fused)
+        proxy = GroupMeasure(view, evaluator.head(n_proxy), edges, fused=groups.fused,
+                             memory_budget=memory * n_proxy // n_batches)
+        proxy_calls = proxy.evaluator
         if not proxy.baseline > 0:  # the proxy batches show no FP8 error: nothing to scale the budget by
             proxy, n_proxy = None, 0
+            if progress:
+                tqdm.write("fxq fallback: the proxy's eval batches show no FP8 error, so quick=True cannot scale "
+                           "the budget to them: the exact search runs", file=sys.stderr)
     if progress:
         tqdm.write(_time_estimate(proxy or groups, list(candidates), fallback, groups), file=sys.stderr)
     bar = tqdm(desc="fxq fallback", unit="eval", disable=not progress)
@@ -147,7 +156,7 @@ def search(view: FakeQuantView, evaluator: Evaluator, placement: Placement, fall
             _quick(plan, groups, proxy, candidates, fallback, tick)
     finally:
         bar.close()
-    plan.evaluations = evaluator.calls + (proxy.evaluator.calls if proxy else 0)
+    plan.evaluations = evaluator.calls + (proxy_calls.calls if proxy_calls else 0)
     plan.proxy_batches = n_proxy
     return plan
 
@@ -165,7 +174,8 @@ def _time_estimate(ranked: GroupMeasure, ids: list[str], fallback: Fallback, ful
     if ranked is full:
         line = head + (f"then about {minutes(2 * step)} per group left in float (one full pass over "
                        f"{full.n_batches} eval batches: {full.full_seconds:.1f} s)")
-        if not fallback.exhaustive and proxy_batches(full.n_batches) and ranking + 20 * 2 * step > LONG_S:
+        if not (fallback.exhaustive or fallback.quick) and proxy_batches(full.n_batches) and \
+                ranking + 20 * 2 * step > LONG_S:
             line += ("; Fallback(..., quick=True) chooses on an eighth of the eval batches and checks the "
                      "choice on all of them, in a fraction of the time")
         return line

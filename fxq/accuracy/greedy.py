@@ -19,11 +19,13 @@ from typing import Callable, Iterator, Mapping
 from fxq.accuracy.measure import GroupMeasure
 from fxq.accuracy.rank import Singletons
 
+
 def stale_gain(value: float, measured_on: float, current: float) -> float:
     """The gain expected now (the chosen set's metric is `current`) from a group whose set measured `value`
-    on top of a base whose metric was `measured_on`: the same share of the error."""
-    if measured_on == current or measured_on <= 0:
-        return current - value  # fresh: the measured gain itself, bit for bit
+    on top of a base whose metric was `measured_on`: the same share of the error. Fresh, or with no error left
+    to share (a metric at or below 0: quick's proxy can get there), the measured gain itself."""
+    if measured_on == current or measured_on <= 0 or current <= 0:
+        return current - value
     return current * (measured_on - value) / measured_on
 
 
