@@ -20,8 +20,8 @@ from test_fast_fallback import _setup, fc2_outlier
 EVAL4 = data(4, seed=2)  # proxy: the first batch of four
 
 
-def _plans(model, budget, kinds=("attention", "gemm"), evals=EVAL4):
-    cal, view, evaluator = _setup(model, evals=evals)
+def _plans(setup, budget, kinds=("attention", "gemm"), evals=EVAL4):
+    cal, view, evaluator = setup
     exhaustive, quick = (search(view, evaluator, cal.placement, fxq.Fallback(evals, budget, kinds=kinds, **kw),
                                 progress=False) for kw in ({"exhaustive": True}, {"quick": True}))
     # the reference: every set measured again with full forwards over every eval batch
@@ -35,9 +35,9 @@ def _plans(model, budget, kinds=("attention", "gemm"), evals=EVAL4):
     (fc2_outlier, ("gemm",), 0.3),
 ])
 def test_quick_makes_the_exhaustive_choices_where_the_proxy_ranks_alike(model, kinds, fraction):
-    cal, view, evaluator = _setup(model(), evals=EVAL4)
-    budget = fraction * evaluator.measure()  # the all-FP8 metric
-    exhaustive, quick, full = _plans(model(), budget, kinds)
+    setup = _setup(model(), evals=EVAL4)
+    budget = fraction * setup[2].measure()  # the all-FP8 metric
+    exhaustive, quick, full = _plans(setup, budget, kinds)
     assert quick.proxy_batches == 1 and exhaustive.proxy_batches == 0
     assert set(quick.groups) == set(exhaustive.groups) and quick.final == exhaustive.final <= budget
     assert quick.checked[0] <= budget  # the proxy's choice held (put-backs may then thin it)
@@ -47,9 +47,9 @@ def test_quick_makes_the_exhaustive_choices_where_the_proxy_ranks_alike(model, k
 @pytest.mark.parametrize("sensitive, fraction", [(("a", "b"), 0.5), ((), 0.5), ((), 0.05), (("a",), 0.05)])
 def test_quick_meets_the_budget_on_all_the_eval_data_whatever_the_proxy_says(sensitive, fraction):
     model = two_blocks(sensitive=sensitive)
-    cal, view, evaluator = _setup(model, evals=EVAL4)
-    budget = fraction * evaluator.measure()
-    exhaustive, quick, full = _plans(model, budget)
+    setup = _setup(model, evals=EVAL4)
+    budget = fraction * setup[2].measure()
+    exhaustive, quick, full = _plans(setup, budget)
     assert quick.proxy_batches == 1 and quick.checked  # the quick search ran, and measured its choice
     assert quick.final == full.measure(quick.groups) <= budget  # measured, not estimated
     assert all(c.gain == c.gain and c.flops > 0 for c in quick.choices)
@@ -60,9 +60,9 @@ def test_a_misleading_proxy_is_corrected_by_measured_choices():
     all batches (1.9x). Quick adds the proxy's next choices, each measured, until the budget holds, and ends
     where the exhaustive search does."""
     evals = [EVAL4[0] * 10] + EVAL4[1:]
-    cal, view, evaluator = _setup(fc2_outlier(), evals=evals)
-    budget = 0.1 * evaluator.measure()
-    exhaustive, quick, full = _plans(fc2_outlier(), budget, ("gemm",), evals=evals)
+    setup = _setup(fc2_outlier(), evals=evals)
+    budget = 0.1 * setup[2].measure()
+    exhaustive, quick, full = _plans(setup, budget, ("gemm",), evals=evals)
     assert quick.checked[0] > 1.5 * budget and quick.checked[1] > budget  # two corrections at least
     assert quick.final == full.measure(quick.groups) <= budget
     assert set(quick.groups) == set(exhaustive.groups)
