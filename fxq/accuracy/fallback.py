@@ -234,6 +234,12 @@ def _quick(plan: FallbackPlan, full: GroupMeasure, proxy: GroupMeasure, candidat
         error = max(error, abs(predict(p) - value))
         return value
 
+    def adopt(floated: list[str], value: float, p: float) -> None:
+        """`floated`, measured at `value` (proxy: p), is the choice now: later runs and predictions start there."""
+        plan.final = value
+        last.update(full=value, proxy=p)
+        full.rebase(floated)
+
     flops = {g: group.flops for g, group in candidates.items()}
     p_current = proxy.baseline
     on_proxy = lambda p, n: tick(p / scale, n)  # noqa: E731  (the bar shows the proxy's metric scaled to the full one)
@@ -243,17 +249,14 @@ def _quick(plan: FallbackPlan, full: GroupMeasure, proxy: GroupMeasure, candidat
         if p > scale * budget and not over:
             continue  # the proxy says: not yet
         value = check(list(plan.groups), p)
-        last.update(full=value, proxy=p)
-        full.rebase(plan.groups)
-        plan.final, needed = value, (g if over else None)
+        adopt(list(plan.groups), value, p)
+        needed = g if over else None
         if value <= budget:
             break
         over = True
     else:  # every candidate in float
         if not over:
-            plan.final = check(list(plan.groups), p_current)
-            last.update(full=plan.final, proxy=p_current)
-            full.rebase(plan.groups)
+            adopt(list(plan.groups), check(list(plan.groups), p_current), p_current)
         if plan.final > budget:
             raise _out_of_reach(fallback, plan.final)
     for c in sorted(plan.choices, key=lambda c: -c.flops):  # put back what the budget may not need
@@ -266,8 +269,6 @@ def _quick(plan: FallbackPlan, full: GroupMeasure, proxy: GroupMeasure, candidat
             continue  # the proxy says it would not hold, by more than twice any miss seen
         value = check(rest, p)
         if value <= budget:
-            plan.final = value
             plan.choices.remove(c)
-            last.update(full=value, proxy=p)
-            full.rebase(rest)
+            adopt(rest, value, p)
             proxy.rebase(rest)
